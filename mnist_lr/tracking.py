@@ -1,0 +1,213 @@
+"""Everything MLflow: where the store is, the experiment, a run's lifecycle and its records.
+
+The rest of the package hands plain values to this module; nothing else imports MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from importlib.metadata import version
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORE = "mlflow.db"
+# MLflow 3 opens an experiment in its GenAI view unless the experiment says it is classic
+# model training; this tag and value are what its UI sets when a user picks that kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+ERROR_TAG = "error"
+TRACKED_PACKAGES = ("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
+    """The store to use: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` in the launch folder. Relative SQLite and file paths are taken
+    from the launch folder, not from wherever Hydra put the job."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri.removeprefix("sqlite:///")
+        if path != ":memory:":
+            return f"sqlite:///{(launch_dir / path).resolve()}"
+    if "://" not in uri:
+        return (launch_dir / uri).resolve().as_uri()
+    return uri
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """MLflow resolves its default artifact folder (``./mlruns``) against the current
+    directory when it creates an experiment; pin that to the launch folder."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[MlflowClient, str]:
+    """A client and the id of experiment ``name``, created (as a model-training
+    experiment) if missing. Fails with TrackingError if the store is unusable."""
+    client = MlflowClient(tracking_uri)
+    try:
+        with working_directory(launch_dir):
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                experiment_id = _create_experiment(client, name)
+            else:
+                experiment_id = experiment.experiment_id
+            if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception as error:
+        raise TrackingError(
+            f"cannot use the MLflow tracking store {tracking_uri!r}: {error}. "
+            "Check tracking.uri (or $MLFLOW_TRACKING_URI): the folder must be writable, "
+            "a server must be running and reachable."
+        ) from error
+    return client, experiment_id
+
+
+def _create_experiment(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        # Another process created it between our lookup and our create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where ``mlflow ui`` (default host and port, or the tracking server) shows the run,
+    on the classic training-runs page rather than the GenAI overview."""
+    base = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    base = base.rstrip("/")
+    if run_id is not None:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=model_training"
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, object]:
+    """``{"optimizer": {"lr": 0.1}}`` becomes ``{"optimizer.lr": 0.1}``."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def reproducibility_tags(source_dir: Path, data_sha256: Mapping[str, str]) -> dict[str, str]:
+    """Git commit and dirtiness of the code, library versions and the data checksums."""
+    tags = {f"version.{package}": version(package) for package in TRACKED_PACKAGES}
+    tags |= {f"data.sha256.{name}": digest for name, digest in data_sha256.items()}
+    commit = _git(source_dir, "rev-parse", "HEAD")
+    if commit is not None:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git(source_dir, "status", "--porcelain")))
+    return tags
+
+
+def git_diff(source_dir: Path) -> str | None:
+    """The uncommitted changes to tracked files, or None outside a repository."""
+    return _git(source_dir, "diff", "HEAD")
+
+
+def _git(source_dir: Path, *args: str) -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(source_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip()
+
+
+class Run:
+    """One MLflow run, written through a client with batched calls."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        entries = [Param(key, str(value)) for key, value in params.items()]
+        self.client.log_batch(self.run_id, params=entries)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        entries = [RunTag(key, str(value)) for key, value in tags.items()]
+        self.client.log_batch(self.run_id, tags=entries)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One write for all of an epoch's metrics."""
+        timestamp = int(time.time() * 1000)
+        entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+
+@contextlib.contextmanager
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Run]:
+    """Create a run and always end it: FINISHED on success, KILLED on Ctrl-C or SIGTERM,
+    FAILED on any other exception with the error text as the ``error`` tag."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    all_tags = resolve_tags(dict(tags or {}))
+    if parent_run_id is not None:
+        all_tags[PARENT_RUN_TAG] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    tracked = Run(client, run.info.run_id)
+    try:
+        yield tracked
+    except (KeyboardInterrupt, SystemExit) as error:
+        _end(client, tracked.run_id, "KILLED", f"interrupted: {type(error).__name__}")
+        raise
+    except BaseException as error:
+        _end(client, tracked.run_id, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    else:
+        client.set_terminated(tracked.run_id, "FINISHED")
+
+
+def _end(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
+    try:
+        client.set_tag(run_id, ERROR_TAG, reason[:5000])
+    finally:
+        client.set_terminated(run_id, status)

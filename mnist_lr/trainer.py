@@ -1,0 +1,198 @@
+"""The training loop: mini-batch SGD over a seeded shuffle, evaluated every epoch.
+
+Free of Hydra and MLflow: it takes arrays and plain values, reports each epoch through a
+callback, and can start from a saved ``TrainState`` so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mnist_lr.model import Params, evaluate, loss_and_grads
+from mnist_lr.optimizers import Optimizer, State
+from mnist_lr.schedules import Schedule
+
+logger = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the weights stopped being finite."""
+
+    def __init__(self, epoch: int, learning_rate: float, detail: str):
+        self.epoch = epoch
+        self.learning_rate = learning_rate
+        super().__init__(
+            f"training diverged in epoch {epoch} at learning rate {learning_rate:g}: {detail}. "
+            "Lower optimizer.lr (for example by 10x), pick a decaying schedule, "
+            "or add train.weight_decay."
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training after ``epoch`` epochs."""
+
+    params: Params
+    optimizer_state: State
+    schedule_state: dict
+    rng_state: dict
+    epoch: int = 0
+
+
+@dataclass
+class EpochResult:
+    """One epoch's metrics, keyed as they are logged (``train/loss``, ``test/accuracy``...)."""
+
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+EvalSets = dict[str, tuple[np.ndarray, np.ndarray]]
+EpochCallback = Callable[[EpochResult, TrainState], None]
+
+
+def iterate_batches(n_samples: int, batch_size: int):
+    """``(start, stop)`` of each batch; the last one is smaller when ``batch_size`` does not
+    divide ``n_samples`` and is used as is (its gradient is the mean over its own samples),
+    so every sample is seen exactly once per epoch."""
+    for start in range(0, n_samples, batch_size):
+        yield start, min(start + batch_size, n_samples)
+
+
+def _check_finite(params: Params, loss: float, epoch: int, learning_rate: float) -> None:
+    if not np.isfinite(loss):
+        raise DivergenceError(epoch, learning_rate, f"the training loss became {loss}")
+    for name, array in zip(("weights", "bias"), params.arrays(), strict=True):
+        if not np.isfinite(array).all():
+            raise DivergenceError(epoch, learning_rate, f"the {name} are no longer finite")
+
+
+def train_epoch(
+    params: Params,
+    images: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    optimizer: Optimizer,
+    optimizer_state: State,
+    learning_rate: float,
+    weight_decay: float,
+    epoch: int,
+    buffers: tuple[np.ndarray, np.ndarray],
+) -> float:
+    """One pass over the data in the order given; returns the last batch's loss.
+
+    The rows are gathered once into preallocated ``buffers`` so every batch is a
+    contiguous view rather than a fresh fancy-indexed copy.
+    """
+    shuffled_images, shuffled_labels = buffers
+    np.take(images, order, axis=0, out=shuffled_images)
+    np.take(labels, order, axis=0, out=shuffled_labels)
+    loss = 0.0
+    for start, stop in iterate_batches(len(order), batch_size):
+        loss, grad_w, grad_b = loss_and_grads(
+            params, shuffled_images[start:stop], shuffled_labels[start:stop], weight_decay
+        )
+        optimizer.update(params, (grad_w, grad_b), optimizer_state, learning_rate)
+    _check_finite(params, loss, epoch, learning_rate)
+    return loss
+
+
+def evaluate_sets(params: Params, eval_sets: EvalSets) -> dict[str, float]:
+    """``{split}/loss`` and ``{split}/accuracy`` for every evaluation set."""
+    metrics = {}
+    for split, (images, labels) in eval_sets.items():
+        loss, accuracy = evaluate(params, images, labels)
+        metrics[f"{split}/loss"] = loss
+        metrics[f"{split}/accuracy"] = accuracy
+    return metrics
+
+
+def fit(
+    images: np.ndarray,
+    labels: np.ndarray,
+    eval_sets: EvalSets,
+    *,
+    params: Params,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    batch_size: int | None,
+    epochs: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    state: TrainState | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[EpochResult]:
+    """Train for ``epochs`` epochs (counting those already in ``state``).
+
+    ``images`` is ``(n_samples, 784)`` float32, ``labels`` ``(n_samples,)`` int64;
+    ``eval_sets`` maps a split name (``train``, ``val``, ``test``) to its arrays. A
+    ``batch_size`` of ``None`` means the whole training set per step.
+    """
+    n_samples = len(labels)
+    batch_size = n_samples if batch_size is None else batch_size
+    if not 1 <= batch_size <= n_samples:
+        raise ValueError(
+            f"batch_size.size must be between 1 and the {n_samples} training samples, "
+            f"got {batch_size}; use batch_size=full for one batch of everything"
+        )
+    if state is None:
+        state = TrainState(
+            params=params,
+            optimizer_state=optimizer.init_state(params),
+            schedule_state=schedule.state_dict(),
+            rng_state=np.random.default_rng(seed).bit_generator.state,
+        )
+    schedule.load_state_dict(state.schedule_state)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.rng_state
+    buffers = (np.empty_like(images), np.empty_like(labels))
+
+    results = []
+    for epoch in range(state.epoch + 1, epochs + 1):
+        learning_rate = schedule.rate(epoch)
+        started = time.perf_counter()
+        order = rng.permutation(n_samples)
+        train_epoch(
+            state.params, images, labels, order, batch_size, optimizer,
+            state.optimizer_state, learning_rate, weight_decay, epoch, buffers,
+        )  # fmt: skip
+        epoch_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        metrics = evaluate_sets(state.params, eval_sets)
+        eval_seconds = time.perf_counter() - started
+        schedule.observe(epoch, metrics)
+
+        metrics |= {
+            "learning_rate": learning_rate,
+            "epoch_seconds": epoch_seconds,
+            "eval_seconds": eval_seconds,
+        }
+        state.epoch = epoch
+        state.schedule_state = schedule.state_dict()
+        state.rng_state = rng.bit_generator.state
+        result = EpochResult(epoch, metrics)
+        results.append(result)
+        logger.info(format_epoch(result, epochs))
+        if on_epoch is not None:
+            on_epoch(result, state)
+    return results
+
+
+def format_epoch(result: EpochResult, epochs: int) -> str:
+    """The fixed-field line logged once per epoch."""
+    fields = [f"epoch={result.epoch}/{epochs}"]
+    for key, value in result.metrics.items():
+        if key.endswith("seconds"):
+            fields.append(f"{key}={value:.3f}")
+        elif key == "learning_rate":
+            fields.append(f"{key}={value:.6g}")
+        else:
+            fields.append(f"{key}={value:.4f}")
+    return " ".join(fields)
