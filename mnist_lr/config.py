@@ -115,6 +115,16 @@ class TrackingConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """The published result a configuration should reproduce (reference experiments)."""
+
+    best_test_accuracy: float = MISSING
+    best_test_accuracy_epoch: int = MISSING
+    best_test_loss_sum: float = MISSING
+    best_test_loss_epoch: int = MISSING
+
+
+@dataclass
 class Config:
     optimizer: OptimizerConfig = MISSING
     schedule: ScheduleConfig = MISSING
@@ -124,6 +134,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    reference: ReferenceConfig | None = None
 
 
 SCHEMAS = {

@@ -26,6 +26,7 @@ from mnist_lr.model import Params, init_params
 from mnist_lr.optimizers import make_optimizer
 from mnist_lr.plots import save_curves
 from mnist_lr.schedules import make_schedule
+from mnist_lr.sweep import read_handoff, write_outcome
 from mnist_lr.trainer import DivergenceError, EpochResult, TrainState, fit
 
 logger = logging.getLogger("mnist_lr")
@@ -33,8 +34,11 @@ SOURCE_DIR = Path(__file__).resolve().parent.parent
 CONFIG_GROUPS = ("optimizer", "schedule", "batch_size", "experiment")
 
 
-def train(cfg: DictConfig, launch_dir: Path) -> dict[str, float]:
-    """Train ``cfg`` and record it as one MLflow run; returns the run's summary metrics."""
+def train(cfg: DictConfig, launch_dir: Path, sweep: dict | None = None) -> dict[str, float]:
+    """Train ``cfg`` and record it as one MLflow run; returns the run's summary metrics.
+
+    ``sweep`` is the launching process's handoff when this is a job of a multirun: the
+    store, experiment and parent run it already created."""
     validate(cfg)
     mnist = load_mnist(resolve_data_dir(cfg.data.dir, launch_dir), download=cfg.data.download)
     split = split_validation(
@@ -45,13 +49,21 @@ def train(cfg: DictConfig, launch_dir: Path) -> dict[str, float]:
         eval_sets["val"] = (split.val_images, split.val_labels)
     eval_sets["test"] = (mnist.test_images, mnist.test_labels)
 
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, launch_dir)
-    client, experiment_id = tracking.open_experiment(
-        tracking_uri, cfg.tracking.experiment, launch_dir
-    )
+    if sweep is None:
+        tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, launch_dir)
+        client, experiment_id = tracking.open_experiment(
+            tracking_uri, cfg.tracking.experiment, launch_dir
+        )
+        parent_run_id = None
+    else:
+        tracking_uri, experiment_id = sweep["tracking_uri"], sweep["experiment_id"]
+        client, parent_run_id = tracking.MlflowClient(tracking_uri), sweep["parent_run_id"]
     history: list[dict[str, float]] = []
-    with tracking.start_run(client, experiment_id, run_name(cfg), run_tags(cfg)) as run:
+    with tracking.start_run(
+        client, experiment_id, run_name(cfg), run_tags(cfg), parent_run_id
+    ) as run:
         run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        run.log_params(dataset_sizes(eval_sets))
         run.set_tags(tracking.reproducibility_tags(SOURCE_DIR, mnist.sha256))
         log_source_diff(run)
 
@@ -76,8 +88,13 @@ def train(cfg: DictConfig, launch_dir: Path) -> dict[str, float]:
         summary = summarize(history)
         run.log_metrics(summary, step=cfg.train.epochs)
         log_outputs(run, history, params, describe(cfg))
-    announce(summary, tracking_uri, experiment_id, run.run_id)
+    if parent_run_id is None:
+        announce(summary, tracking_uri, experiment_id, run.run_id)
     return summary
+
+
+def dataset_sizes(eval_sets: dict) -> dict[str, int]:
+    return {f"dataset.n_{split}": len(labels) for split, (_, labels) in eval_sets.items()}
 
 
 def resolve_data_dir(configured: str | None, launch_dir: Path) -> Path:
@@ -195,8 +212,7 @@ def announce(summary: dict[str, float], tracking_uri: str, experiment_id: str, r
         summary["best/test_epoch"],
         run_id,
     )
-    if tracking_uri.startswith("sqlite:"):
-        logger.info("browse it: mlflow ui --backend-store-uri %s", tracking_uri)
+    logger.info("browse it: %s", tracking.browse_hint(tracking_uri))
     logger.info("then open %s", tracking.experiment_url(tracking_uri, experiment_id, run_id))
 
 
@@ -208,17 +224,41 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     launch_dir = Path(hydra.utils.get_original_cwd())
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode.name == "MULTIRUN":
+        return run_sweep_job(cfg, launch_dir)
     try:
         summary = train(cfg, launch_dir)
     except (ConfigError, DataError, tracking.TrackingError, DivergenceError) as error:
         logger.error("%s", error)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise
         sys.exit(1)
-    return summary.get("best/val_accuracy", summary["best/test_accuracy"])
+    return objective(summary)
+
+
+def run_sweep_job(cfg: DictConfig, launch_dir: Path) -> float | None:
+    """One job of a multirun: a failure is recorded (child run FAILED, outcome file) and
+    the sweep goes on; the launching process reports it when the sweep ends."""
+    hydra_cfg = HydraConfig.get()
+    handoff = read_handoff(launch_dir / hydra_cfg.sweep.dir)
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        summary = train(cfg, launch_dir, handoff)
+    except Exception as error:
+        logger.error("job %s failed: %s", " ".join(overrides), error)
+        write_outcome(output_dir, overrides, error)
+        return float("nan")
+    write_outcome(output_dir, overrides, None)
+    return objective(summary)
+
+
+def objective(summary: dict[str, float]) -> float | None:
+    """What a sweeper maximises: the best validation accuracy, never a test metric (None
+    without a validation split)."""
+    return summary.get("best/val_accuracy")
 
 
 if __name__ == "__main__":

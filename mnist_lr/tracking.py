@@ -104,6 +104,16 @@ def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = N
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=model_training"
 
 
+def browse_hint(tracking_uri: str, launch_dir: Path | None = None) -> str:
+    """The command that shows this store in a browser."""
+    launch_dir = launch_dir or Path.cwd()
+    if tracking_uri == f"sqlite:///{(launch_dir / DEFAULT_STORE).resolve()}":
+        return "mlflow ui   (in this folder)"
+    if tracking_uri.startswith("http"):
+        return f"the tracking server at {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
 def flatten(config: Mapping, prefix: str = "") -> dict[str, object]:
     """``{"optimizer": {"lr": 0.1}}`` becomes ``{"optimizer.lr": 0.1}``."""
     flat = {}
@@ -204,6 +214,16 @@ def start_run(
         raise
     else:
         client.set_terminated(tracked.run_id, "FINISHED")
+
+
+def create_parent_run(
+    client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, str]
+) -> str:
+    """A RUNNING run that a sweep's child runs point at; the caller ends it."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
+    return run.info.run_id
 
 
 def _end(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
