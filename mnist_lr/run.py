@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lr import tracking
 from mnist_lr.config import ConfigError, register_configs, validate
 from mnist_lr.data import DataError, default_data_dir, load_mnist, split_validation
-from mnist_lr.model import Params, init_params
+from mnist_lr.model import Params, init_params, predict
 from mnist_lr.optimizers import make_optimizer
-from mnist_lr.plots import save_curves
+from mnist_lr.plots import save_curves, save_model_pictures
 from mnist_lr.schedules import make_schedule
 from mnist_lr.sweep import read_handoff, write_outcome
 from mnist_lr.trainer import DivergenceError, EpochResult, TrainState, fit
@@ -87,7 +87,7 @@ def train(cfg: DictConfig, launch_dir: Path, sweep: dict | None = None) -> dict[
         )
         summary = summarize(history)
         run.log_metrics(summary, step=cfg.train.epochs)
-        log_outputs(run, history, params, describe(cfg))
+        log_outputs(run, history, params, describe(cfg), test_set=eval_sets["test"])
     if parent_run_id is None:
         announce(summary, tracking_uri, experiment_id, run.run_id)
     return summary
@@ -177,9 +177,16 @@ def _best(history: list[dict[str, float]], split: str) -> dict[str, float]:
 
 
 def log_outputs(
-    run: tracking.Run, history: list[dict[str, float]], params: Params, title: str
+    run: tracking.Run,
+    history: list[dict[str, float]],
+    params: Params,
+    title: str,
+    test_set: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """Metric history, weights, plots, Hydra's config record and the job's log file."""
+    """Metric history, weights, plots, Hydra's config record and the job's log file.
+
+    With ``test_set`` (images ``(n, 784)``, labels ``(n,)``) the plots include the weight
+    templates, the confusion matrix and the misclassified images."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         write_history(history, folder / "metrics.csv")
@@ -188,6 +195,13 @@ def log_outputs(
         run.log_artifact(folder / "weights.npz")
         for path in save_curves(history, title, folder / "plots"):
             run.log_artifact(path, "plots")
+        if test_set is not None:
+            images, labels = test_set
+            pictures = save_model_pictures(
+                params.weights, images, labels, predict(params, images), title, folder / "plots"
+            )
+            for path in pictures:
+                run.log_artifact(path, "plots")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     if (output_dir / ".hydra").is_dir():
         run.log_artifacts(output_dir / ".hydra", "hydra")
