@@ -135,6 +135,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     reference: ReferenceConfig | None = None
+    resume: str | None = None  # run id of a KILLED or FAILED run to continue
+    restart: bool = False  # in a rerun sweep: run every job afresh instead of skipping
 
 
 SCHEMAS = {

@@ -7,11 +7,14 @@ and MLflow. Reads top to bottom as the steps of a run.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -20,8 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lr import tracking
+from mnist_lr.checkpoint import load_state, save_state
 from mnist_lr.config import ConfigError, register_configs, validate
-from mnist_lr.data import DataError, default_data_dir, load_mnist, split_validation
+from mnist_lr.data import MNIST_SHA256, DataError, default_data_dir, load_mnist, split_validation
 from mnist_lr.model import Params, init_params, predict
 from mnist_lr.optimizers import make_optimizer
 from mnist_lr.plots import save_curves, save_model_pictures
@@ -32,49 +36,59 @@ from mnist_lr.trainer import DivergenceError, EpochResult, TrainState, fit
 logger = logging.getLogger("mnist_lr")
 SOURCE_DIR = Path(__file__).resolve().parent.parent
 CONFIG_GROUPS = ("optimizer", "schedule", "batch_size", "experiment")
+CHECKPOINT_FILE = "state.npz"
+EPOCH_METRICS = [
+    "train/loss", "train/accuracy", "val/loss", "val/accuracy", "test/loss", "test/accuracy",
+    "learning_rate", "epoch_seconds", "eval_seconds",
+]  # fmt: skip
 
 
-def train(cfg: DictConfig, launch_dir: Path, sweep: dict | None = None) -> dict[str, float]:
+@dataclass
+class Store:
+    """Where this run is recorded: the client, experiment and (in a sweep) parent run."""
+
+    client: tracking.MlflowClient
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+
+
+def train(
+    cfg: DictConfig, launch_dir: Path, store: Store | None = None, resume_run_id: str | None = None
+) -> dict[str, float]:
     """Train ``cfg`` and record it as one MLflow run; returns the run's summary metrics.
 
-    ``sweep`` is the launching process's handoff when this is a job of a multirun: the
-    store, experiment and parent run it already created."""
+    ``store`` is given by a sweep job (the launching process made it); ``resume_run_id``
+    continues that KILLED or FAILED run from its last checkpoint, in the same run."""
     validate(cfg)
     mnist = load_mnist(resolve_data_dir(cfg.data.dir, launch_dir), download=cfg.data.download)
-    split = split_validation(
-        mnist.train_images, mnist.train_labels, cfg.data.val_size, cfg.data.val_seed
-    )
-    eval_sets = {"train": (split.train_images, split.train_labels)}
-    if split.val_images is not None:
-        eval_sets["val"] = (split.val_images, split.val_labels)
-    eval_sets["test"] = (mnist.test_images, mnist.test_labels)
+    eval_sets = evaluation_sets(mnist, cfg)
+    store = store or open_store(cfg, launch_dir)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    state, history = restore(store, resume_run_id, output_dir)
 
-    if sweep is None:
-        tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, launch_dir)
-        client, experiment_id = tracking.open_experiment(
-            tracking_uri, cfg.tracking.experiment, launch_dir
-        )
-        parent_run_id = None
-    else:
-        tracking_uri, experiment_id = sweep["tracking_uri"], sweep["experiment_id"]
-        client, parent_run_id = tracking.MlflowClient(tracking_uri), sweep["parent_run_id"]
-    history: list[dict[str, float]] = []
-    with tracking.start_run(
-        client, experiment_id, run_name(cfg), run_tags(cfg), parent_run_id
-    ) as run:
-        run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        run.log_params(dataset_sizes(eval_sets))
-        run.set_tags(tracking.reproducibility_tags(SOURCE_DIR, mnist.sha256))
-        log_source_diff(run)
+    with open_run(store, cfg, resume_run_id) as run:
+        if resume_run_id is None:
+            run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+            run.log_params(dataset_sizes(eval_sets))
+            run.set_tags(tracking.reproducibility_tags(SOURCE_DIR, mnist.sha256))
+            run.set_tags({tracking.CONFIG_KEY_TAG: config_key(cfg)})
+            log_source_diff(run)
+            log_hydra_files(run)
 
         def record_epoch(result: EpochResult, state: TrainState) -> None:
             history.append({"epoch": result.epoch, **result.metrics})
             run.log_metrics(result.metrics, step=result.epoch)
+            save_state(state, output_dir / CHECKPOINT_FILE)
+            run.log_artifact(output_dir / CHECKPOINT_FILE, "checkpoint")
 
-        params = init_params(cfg.model.init, cfg.seed, cfg.model.init_scale)
+        params = (
+            state.params if state else init_params(cfg.model.init, cfg.seed, cfg.model.init_scale)
+        )
+        train_images, train_labels = eval_sets["train"]
         fit(
-            split.train_images,
-            split.train_labels,
+            train_images,
+            train_labels,
             eval_sets,
             params=params,
             optimizer=make_optimizer(**optimizer_options(cfg)),
@@ -83,14 +97,72 @@ def train(cfg: DictConfig, launch_dir: Path, sweep: dict | None = None) -> dict[
             epochs=cfg.train.epochs,
             seed=cfg.seed,
             weight_decay=cfg.train.weight_decay,
+            state=state,
             on_epoch=record_epoch,
         )
         summary = summarize(history)
         run.log_metrics(summary, step=cfg.train.epochs)
         log_outputs(run, history, params, describe(cfg), test_set=eval_sets["test"])
-    if parent_run_id is None:
-        announce(summary, tracking_uri, experiment_id, run.run_id)
+    if store.parent_run_id is None:
+        announce(summary, store.tracking_uri, store.experiment_id, run.run_id)
     return summary
+
+
+def evaluation_sets(mnist, cfg: DictConfig) -> dict:
+    """``train`` (after the hold-out), ``val`` when ``data.val_size`` > 0, and ``test``."""
+    split = split_validation(
+        mnist.train_images, mnist.train_labels, cfg.data.val_size, cfg.data.val_seed
+    )
+    eval_sets = {"train": (split.train_images, split.train_labels)}
+    if split.val_images is not None:
+        eval_sets["val"] = (split.val_images, split.val_labels)
+    eval_sets["test"] = (mnist.test_images, mnist.test_labels)
+    return eval_sets
+
+
+def open_store(cfg: DictConfig, launch_dir: Path) -> Store:
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, launch_dir)
+    client, experiment_id = tracking.open_experiment(
+        tracking_uri, cfg.tracking.experiment, launch_dir
+    )
+    return Store(client, tracking_uri, experiment_id)
+
+
+def open_run(store: Store, cfg: DictConfig, resume_run_id: str | None):
+    if resume_run_id is not None:
+        return tracking.reopen_run(store.client, resume_run_id)
+    return tracking.start_run(
+        store.client, store.experiment_id, run_name(cfg), run_tags(cfg), store.parent_run_id
+    )
+
+
+def restore(
+    store: Store, resume_run_id: str | None, folder: Path
+) -> tuple[TrainState | None, list[dict[str, float]]]:
+    """The last checkpoint of the run being resumed and its metrics so far, or a fresh
+    start (no checkpoint: the run stopped before its first epoch ended)."""
+    if resume_run_id is None:
+        return None, []
+    path = tracking.download_artifact(
+        store.client, resume_run_id, f"checkpoint/{CHECKPOINT_FILE}", folder / "resumed"
+    )
+    if path is None:
+        return None, []
+    state = load_state(path)
+    history = tracking.metric_rows(store.client, resume_run_id, EPOCH_METRICS, state.epoch)
+    logger.info("resuming run %s after epoch %d", resume_run_id, state.epoch)
+    return state, [row for row in history if len(row) > 1]
+
+
+def config_key(cfg: DictConfig) -> str:
+    """Equal for two jobs with the same resolved config, code commit and data."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["tracking"].pop("run_name", None)
+    config.pop("resume", None)
+    config.pop("restart", None)
+    commit = tracking.reproducibility_tags(SOURCE_DIR, {}).get("mlflow.source.git.commit", "")
+    text = json.dumps([config, commit, sorted(MNIST_SHA256.items())], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dataset_sizes(eval_sets: dict) -> dict[str, int]:
@@ -203,13 +275,19 @@ def log_outputs(
             for path in pictures:
                 run.log_artifact(path, "plots")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    if (output_dir / ".hydra").is_dir():
-        run.log_artifacts(output_dir / ".hydra", "hydra")
     for handler in logging.getLogger().handlers:
         handler.flush()
     log_file = output_dir / f"{HydraConfig.get().job.name}.log"
     if log_file.is_file():
         run.log_artifact(log_file, "logs")
+
+
+def log_hydra_files(run: tracking.Run) -> None:
+    """Hydra's record of the job (config.yaml, hydra.yaml, overrides.yaml), logged at the
+    start so even a killed run can be resumed from its own config."""
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir) / ".hydra"
+    if hydra_dir.is_dir():
+        run.log_artifacts(hydra_dir, "hydra")
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
@@ -241,26 +319,75 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     launch_dir = Path(hydra.utils.get_original_cwd())
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode.name == "MULTIRUN":
+    if HydraConfig.get().mode.name == "MULTIRUN":
         return run_sweep_job(cfg, launch_dir)
     try:
-        summary = train(cfg, launch_dir)
+        if cfg.resume:
+            cfg, store = resumed_config(cfg, launch_dir)
+            summary = train(cfg, launch_dir, store, resume_run_id=cfg.resume)
+        else:
+            summary = train(cfg, launch_dir)
     except (ConfigError, DataError, tracking.TrackingError, DivergenceError) as error:
         logger.error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt:
+        logger.error("interrupted; the run is KILLED with its finished epochs kept")
+        sys.exit(130)
     return objective(summary)
+
+
+def resumed_config(cfg: DictConfig, launch_dir: Path) -> tuple[DictConfig, Store]:
+    """The config a KILLED or FAILED run was started with (its own ``hydra/config.yaml``),
+    tracked in the store the current config names."""
+    store = open_store(cfg, launch_dir)
+    status = tracking.run_status(store.client, cfg.resume)
+    if status is None:
+        raise ConfigError(
+            f"resume={cfg.resume}: no such run in {store.tracking_uri}; give the id of a "
+            "KILLED or FAILED run (mlflow ui shows it), with the same tracking.uri"
+        )
+    if status == "FINISHED":
+        raise ConfigError(f"resume={cfg.resume}: that run is FINISHED; there is nothing to resume")
+    if status == "RUNNING":
+        logger.warning(
+            "run %s is marked RUNNING; if it is alive elsewhere, stop it first", cfg.resume
+        )
+    scratch = Path(HydraConfig.get().runtime.output_dir) / "resumed"
+    path = tracking.download_artifact(store.client, cfg.resume, "hydra/config.yaml", scratch)
+    if path is None:
+        raise ConfigError(f"resume={cfg.resume}: the run has no hydra/config.yaml to resume from")
+    resumed = OmegaConf.load(path)
+    resumed.tracking = cfg.tracking
+    resumed.resume = cfg.resume
+    return resumed, store
 
 
 def run_sweep_job(cfg: DictConfig, launch_dir: Path) -> float | None:
     """One job of a multirun: a failure is recorded (child run FAILED, outcome file) and
-    the sweep goes on; the launching process reports it when the sweep ends."""
+    the sweep goes on; the launching process reports it when the sweep ends. When the
+    sweep is run again, a job whose run FINISHED is skipped and an unfinished one resumes
+    (unless ``restart=true``)."""
     hydra_cfg = HydraConfig.get()
     handoff = read_handoff(launch_dir / hydra_cfg.sweep.dir)
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
-        summary = train(cfg, launch_dir, handoff)
+        store = Store(tracking.MlflowClient(handoff["tracking_uri"]), **handoff)
+        previous = (
+            None
+            if cfg.restart
+            else tracking.find_child(
+                store.client, store.experiment_id, store.parent_run_id, config_key(cfg)
+            )
+        )
+        if previous is not None and previous.info.status == "FINISHED":
+            logger.info(
+                "skipping %s: run %s already FINISHED", " ".join(overrides), previous.info.run_id
+            )
+            write_outcome(output_dir, overrides, None)
+            return objective(previous.data.metrics)
+        resume_run_id = previous.info.run_id if previous is not None else None
+        summary = train(cfg, launch_dir, store, resume_run_id)
     except Exception as error:
         logger.error("job %s failed: %s", " ".join(overrides), error)
         write_outcome(output_dir, overrides, error)

@@ -26,6 +26,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
+# A hash of the resolved config, the code's commit and the data: equal keys, equal runs.
+CONFIG_KEY_TAG = "config.key"
 TRACKED_PACKAGES = ("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
 
 
@@ -70,8 +72,8 @@ def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[Mlf
                 experiment_id = _create_experiment(client, name)
             else:
                 experiment_id = experiment.experiment_id
-            if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
-                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            # Also a write probe: a read-only store fails here, before any training.
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as error:
         raise TrackingError(
             f"cannot use the MLflow tracking store {tracking_uri!r}: {error}. "
@@ -195,25 +197,88 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Create a run and always end it: FINISHED on success, KILLED on Ctrl-C or SIGTERM,
-    FAILED on any other exception with the error text as the ``error`` tag."""
+    """Create a run and always end it (see ``ending``)."""
     from mlflow.tracking.context.registry import resolve_tags
 
     all_tags = resolve_tags(dict(tags or {}))
     if parent_run_id is not None:
         all_tags[PARENT_RUN_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    tracked = Run(client, run.info.run_id)
+    with ending(client, run.info.run_id) as tracked:
+        yield tracked
+
+
+@contextlib.contextmanager
+def reopen_run(client: MlflowClient, run_id: str) -> Iterator[Run]:
+    """Continue a KILLED or FAILED run in place: RUNNING again, then ended as usual."""
+    client.update_run(run_id, status="RUNNING")
+    if ERROR_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
+    with ending(client, run_id) as tracked:
+        yield tracked
+
+
+@contextlib.contextmanager
+def ending(client: MlflowClient, run_id: str) -> Iterator[Run]:
+    """End the run whatever happens: FINISHED on success, KILLED on Ctrl-C or SIGTERM,
+    FAILED on any other exception with the error text as the ``error`` tag."""
+    tracked = Run(client, run_id)
     try:
         yield tracked
     except (KeyboardInterrupt, SystemExit) as error:
-        _end(client, tracked.run_id, "KILLED", f"interrupted: {type(error).__name__}")
+        _end(client, run_id, "KILLED", f"interrupted: {type(error).__name__} {error}".strip())
+        logger.warning("run %s KILLED; continue it with: resume=%s", run_id, run_id)
         raise
     except BaseException as error:
-        _end(client, tracked.run_id, "FAILED", f"{type(error).__name__}: {error}")
+        _end(client, run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
     else:
-        client.set_terminated(tracked.run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")
+
+
+def run_status(client: MlflowClient, run_id: str) -> str | None:
+    """RUNNING, FINISHED, FAILED or KILLED; None if there is no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, folder: Path) -> Path | None:
+    """The run's artifact ``path`` copied into ``folder``, or None if it has none."""
+    from mlflow.exceptions import MlflowException
+
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if path not in {entry.path for entry in client.list_artifacts(run_id, parent or None)}:
+        return None
+    try:
+        return Path(client.download_artifacts(run_id, path, str(folder)))
+    except (MlflowException, OSError):
+        return None
+
+
+def metric_rows(client: MlflowClient, run_id: str, keys: list[str], last_epoch: int) -> list[dict]:
+    """The run's metrics as one row per epoch (1..last_epoch), as the trainer reports them."""
+    rows = {epoch: {"epoch": epoch} for epoch in range(1, last_epoch + 1)}
+    for key in keys:
+        for metric in client.get_metric_history(run_id, key):
+            if metric.step in rows:
+                rows[metric.step][key] = metric.value
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def find_child(client: MlflowClient, experiment_id: str, parent_run_id: str, config_key: str):
+    """The newest child of ``parent_run_id`` tagged with ``config_key``, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' "
+        f"and tags.`{CONFIG_KEY_TAG}` = '{config_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def create_parent_run(
