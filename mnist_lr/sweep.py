@@ -5,6 +5,10 @@ store, the experiment and the parent run (so parallel jobs never race to migrate
 SQLite store or create the experiment), and leaves the parent's id in the sweep folder,
 where every job finds it whatever the launcher. When the sweep ends it counts the jobs'
 outcomes, logs the comparison to the parent and ends it.
+
+Hydra turns an exception raised by a callback into a warning and carries on (exit status
+0), so a callback that must stop the sweep or fail the command raises ``SystemExit``,
+which is not an ``Exception`` and reaches the shell.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ OUTCOME_FILE = "job_outcome.json"
 
 
 class SweepError(RuntimeError):
-    """One or more jobs of a sweep failed; raised after the sweep is recorded."""
+    """A sweep cannot start, or some of its jobs failed; the message says which."""
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -53,7 +57,24 @@ def write_outcome(output_dir: Path, overrides: list[str], error: BaseException |
 
 
 def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted(sweep_dir.glob(f"*/{OUTCOME_FILE}"))]
+    """The outcome of every job that started (it has a ``.hydra`` record), in job order. A
+    job whose process died before it could write its outcome counts as failed."""
+    job_dirs = {path.parent for path in sweep_dir.glob(f"*/{OUTCOME_FILE}")}
+    job_dirs |= {path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    outcomes = []
+    for job_dir in sorted(job_dirs, key=_job_order):
+        if (job_dir / OUTCOME_FILE).is_file():
+            outcomes.append(json.loads((job_dir / OUTCOME_FILE).read_text()))
+        else:
+            record = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+            error = f"the job left no {OUTCOME_FILE} in {job_dir}: its process died"
+            overrides = [str(item) for item in record]
+            outcomes.append({"overrides": overrides, "status": "FAILED", "error": error})
+    return outcomes
+
+
+def _job_order(job_dir: Path) -> tuple[int, str]:
+    return (int(job_dir.name), "") if job_dir.name.isdigit() else (-1, job_dir.name)
 
 
 class SweepCallback(Callback):
@@ -64,6 +85,21 @@ class SweepCallback(Callback):
         self._parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Without a parent run every job would open the store on its own: stop here.
+        try:
+            self._start(config)
+        except Exception as error:
+            _exit_with(SweepError(f"the sweep cannot start: {error}"))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            failed = self._end(config)
+        except Exception as error:
+            _exit_with(SweepError(f"the sweep could not be recorded: {error}"))
+        if failed:
+            _exit_with(failed)
+
+    def _start(self, config: DictConfig) -> None:
         from mnist_lr import tracking
 
         launch_dir = Path(config.hydra.runtime.cwd)
@@ -88,7 +124,8 @@ class SweepCallback(Callback):
         atexit.register(self._end_if_abandoned)
         logger.info("sweep %r is MLflow parent run %s", name, parent_run_id)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def _end(self, config: DictConfig) -> SweepError | None:
+        """Record the outcomes and the comparison, end the parent; the failed jobs, if any."""
         from mnist_lr import tracking
         from mnist_lr.compare import compare_sweep
 
@@ -113,12 +150,13 @@ class SweepCallback(Callback):
             "then open %s",
             tracking.experiment_url(self._tracking_uri, self._experiment_id, parent_run_id),
         )
-        if failed:
-            lines = [f"  {' '.join(o['overrides'])}: {o['error']}" for o in failed]
-            raise SweepError(
-                f"{len(failed)} of {len(outcomes)} jobs failed (parent run {parent_run_id}):\n"
-                + "\n".join(lines)
-            )
+        if not failed:
+            return None
+        lines = [f"  {' '.join(o['overrides'])}: {o['error']}" for o in failed]
+        return SweepError(
+            f"{len(failed)} of {len(outcomes)} jobs failed (parent run {parent_run_id}):\n"
+            + "\n".join(lines)
+        )
 
     def _end_if_abandoned(self) -> None:
         """The sweep was interrupted before it ended: mark the parent KILLED, not RUNNING."""
@@ -128,3 +166,8 @@ class SweepCallback(Callback):
         if run.info.status == "RUNNING":
             self._client.set_tag(self._parent_run_id, "error", "sweep interrupted")
             self._client.set_terminated(self._parent_run_id, "KILLED")
+
+
+def _exit_with(error: SweepError) -> None:
+    logger.error("%s", error)
+    raise SystemExit(1) from error
