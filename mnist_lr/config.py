@@ -189,7 +189,7 @@ _RULES: list[tuple[str, str, Any, str]] = [
         "batch_size.size",
         "must be >= 1 (or null for full batch)",
         lambda v: v is None or v >= 1,
-        "batch_size=100 or batch_size.size=32",
+        "batch_size=bs100 or batch_size.size=32",
     ),
     ("train.epochs", "must be >= 1", lambda v: v >= 1, "train.epochs=10"),
     ("train.weight_decay", "must be >= 0", lambda v: v >= 0, "train.weight_decay=0.0001"),

@@ -64,9 +64,11 @@ def working_directory(path: Path) -> Iterator[None]:
 def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[MlflowClient, str]:
     """A client and the id of experiment ``name``, created (as a model-training
     experiment) if missing. Fails with TrackingError if the store is unusable."""
-    client = MlflowClient(tracking_uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        _check_server(tracking_uri)
     try:
         with working_directory(launch_dir):
+            client = MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 experiment_id = _create_experiment(client, name)
@@ -81,6 +83,22 @@ def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[Mlf
             "a server must be running and reachable."
         ) from error
     return client, experiment_id
+
+
+def _check_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when no server answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(
+            f"no MLflow tracking server answers at {tracking_uri} ({error}). Start it "
+            "(mlflow server --host 127.0.0.1 --port 5000) or point tracking.uri "
+            "(or $MLFLOW_TRACKING_URI) at a running one"
+        ) from error
 
 
 def _create_experiment(client: MlflowClient, name: str) -> str:
@@ -296,3 +314,19 @@ def _end(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
         client.set_tag(run_id, ERROR_TAG, reason[:5000])
     finally:
         client.set_terminated(run_id, status)
+
+
+def log_pyfunc_model(run: Run, options: Mapping, artifact_path: str = "model") -> None:
+    """Save a pyfunc model with ``options`` (``mlflow.pyfunc.save_model``'s arguments) and
+    log its folder as the run's ``artifact_path``, so ``runs:/<run id>/model`` loads it.
+
+    Saved locally and logged as artifacts rather than with ``mlflow.pyfunc.log_model``,
+    which needs the fluent API's global tracking URI and active run."""
+    import tempfile
+
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / artifact_path
+        mlflow.pyfunc.save_model(str(folder), **options)
+        run.log_artifacts(folder, artifact_path)
