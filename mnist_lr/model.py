@@ -83,24 +83,102 @@ def loss_and_grads(
     ``(softmax - one_hot) / n``; the one-hot matrix is never built, 1 is subtracted at
     the label positions instead.
     """
-    n_samples = len(labels)
-    scores = logits(params, images)
-    rows = np.arange(n_samples)
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp_scores = np.exp(shifted)
-    sum_exp = exp_scores.sum(axis=1)
-    loss = float(np.mean(np.log(sum_exp) - shifted[rows, labels]))
+    work = Workspace.for_batches(len(labels), params, images.dtype)
+    positions = label_positions(labels, params.bias.shape[0])
+    loss = loss_and_grads_into(work, params, images, positions, weight_decay, with_loss=True)
+    return loss, work.grad_weights, work.grad_bias
 
-    delta = exp_scores
-    delta /= sum_exp[:, None]
-    delta[rows, labels] -= 1.0
-    delta /= n_samples
-    grad_weights = images.T @ delta
-    grad_bias = delta.sum(axis=0)
+
+@dataclass
+class Workspace:
+    """Work arrays for ``loss_and_grads_into``, sized for batches of up to ``batch_size``.
+
+    A training run allocates one and every step overwrites it, so a step allocates
+    nothing. The gradients have the layout (C or Fortran order) of the parameters.
+    """
+
+    scores: np.ndarray  # (batch_size, n_classes)
+    row_max: np.ndarray  # (batch_size, 1)
+    row_sum: np.ndarray  # (batch_size, 1)
+    grad_weights: np.ndarray  # (n_features, n_classes)
+    grad_bias: np.ndarray  # (n_classes,)
+
+    @classmethod
+    def for_batches(cls, batch_size: int, params: Params, images_dtype: np.dtype) -> Workspace:
+        dtype = np.result_type(images_dtype, params.weights.dtype, params.bias.dtype)
+        n_classes = params.bias.shape[0]
+        return cls(
+            scores=np.empty((batch_size, n_classes), dtype),
+            row_max=np.empty((batch_size, 1), dtype),
+            row_sum=np.empty((batch_size, 1), dtype),
+            grad_weights=np.empty_like(params.weights, dtype=dtype),
+            grad_bias=np.empty(n_classes, dtype),
+        )
+
+
+def label_positions(
+    labels: np.ndarray, n_classes: int, batch_size: int | None = None
+) -> np.ndarray:
+    """Flat index of each sample's label in its batch's ``(batch, n_classes)`` scores.
+
+    ``labels`` may hold several consecutive batches of ``batch_size`` (default: one batch
+    of all); the positions restart at every batch, so a slice of them serves that batch.
+    """
+    rows = np.arange(len(labels))
+    if batch_size is not None:
+        rows %= batch_size
+    return rows * n_classes + labels
+
+
+def loss_and_grads_into(
+    work: Workspace,
+    params: Params,
+    images: np.ndarray,
+    positions: np.ndarray,
+    weight_decay: float = 0.0,
+    *,
+    with_loss: bool = False,
+) -> float | None:
+    """``loss_and_grads`` without allocating: the gradients land in ``work.grad_weights``
+    and ``work.grad_bias``. ``positions`` are the batch's ``label_positions``.
+
+    Returns the loss when ``with_loss`` is true, else None: the trainer needs one loss per
+    epoch (to detect divergence), and the log and the mean cost a step several operations.
+    The arithmetic is that of ``loss_and_grads`` operation for operation, so both give the
+    same bits.
+    """
+    n_samples = len(images)
+    scores = work.scores[:n_samples]
+    row_max, row_sum = work.row_max[:n_samples], work.row_sum[:n_samples]
+    flat_scores = scores.reshape(-1)
+    np.matmul(images, params.weights, out=scores)
+    scores += params.bias
+    np.maximum.reduce(scores, axis=1, keepdims=True, out=row_max)
+    scores -= row_max
+    label_scores = flat_scores[positions] if with_loss else None
+    np.exp(scores, out=scores)
+    np.add.reduce(scores, axis=1, keepdims=True, out=row_sum)
+    loss = float(np.mean(np.log(row_sum[:, 0]) - label_scores)) if with_loss else None
+
+    scores /= row_sum
+    flat_scores[positions] -= 1.0
+    scores /= n_samples
+    _matmul_transposed(images, scores, out=work.grad_weights)
+    np.add.reduce(scores, axis=0, out=work.grad_bias)
     if weight_decay:
-        loss += 0.5 * weight_decay * float(np.sum(params.weights * params.weights))
-        grad_weights += weight_decay * params.weights
-    return loss, grad_weights, grad_bias
+        if with_loss:
+            loss += 0.5 * weight_decay * float(np.sum(params.weights * params.weights))
+        work.grad_weights += weight_decay * params.weights
+    return loss
+
+
+def _matmul_transposed(images: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
+    """``out = images.T @ delta``, written as ``(delta.T @ images).T`` when ``out`` is
+    Fortran-ordered so BLAS writes straight into it."""
+    if out.flags.c_contiguous:
+        np.matmul(images.T, delta, out=out)
+    else:
+        np.matmul(delta.T, images, out=out.T)
 
 
 def predict(params: Params, images: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mnist_lr.model import Params, evaluate, loss_and_grads
+from mnist_lr.model import Params, Workspace, evaluate, label_positions, loss_and_grads_into
 from mnist_lr.optimizers import Optimizer, State
 from mnist_lr.schedules import Schedule
 
@@ -72,6 +72,26 @@ def _check_finite(params: Params, loss: float, epoch: int, learning_rate: float)
             raise DivergenceError(epoch, learning_rate, f"the {name} are no longer finite")
 
 
+@dataclass
+class StepBuffers:
+    """What every step of a run reuses: the batch's rows are gathered into ``images``
+    (so the matrix products read a small, cache-resident array), and ``work`` holds the
+    scores and gradients."""
+
+    images: np.ndarray  # (batch_size, n_features)
+    row_offsets: np.ndarray  # (n_samples,): (i % batch_size) * n_classes
+    work: Workspace
+
+    @classmethod
+    def for_run(cls, images: np.ndarray, batch_size: int, params: Params) -> StepBuffers:
+        n_classes = params.bias.shape[0]
+        return cls(
+            images=np.empty((batch_size, images.shape[1]), images.dtype),
+            row_offsets=label_positions(np.zeros(len(images), np.intp), n_classes, batch_size),
+            work=Workspace.for_batches(batch_size, params, images.dtype),
+        )
+
+
 def train_epoch(
     params: Params,
     images: np.ndarray,
@@ -83,22 +103,33 @@ def train_epoch(
     learning_rate: float,
     weight_decay: float,
     epoch: int,
-    buffers: tuple[np.ndarray, np.ndarray],
+    buffers: StepBuffers,
 ) -> float:
     """One pass over the data in the order given; returns the last batch's loss.
 
-    The rows are gathered once into preallocated ``buffers`` so every batch is a
-    contiguous view rather than a fresh fancy-indexed copy.
+    Each batch's rows are gathered just before its step into ``buffers.images``: measured
+    against gathering the whole shuffled set once per epoch, this is as fast or faster,
+    because the products then read rows still in cache instead of a second pass over
+    memory. ``mode="clip"`` because ``order`` is a permutation, so every index is valid,
+    and numpy's default ``"raise"`` gathers into a temporary first.
     """
-    shuffled_images, shuffled_labels = buffers
-    np.take(images, order, axis=0, out=shuffled_images)
-    np.take(labels, order, axis=0, out=shuffled_labels)
+    positions = labels.take(order).astype(np.intp, copy=False)
+    positions += buffers.row_offsets
+    grads = (buffers.work.grad_weights, buffers.work.grad_bias)
+    n_samples = len(order)
     loss = 0.0
-    for start, stop in iterate_batches(len(order), batch_size):
-        loss, grad_w, grad_b = loss_and_grads(
-            params, shuffled_images[start:stop], shuffled_labels[start:stop], weight_decay
+    for start, stop in iterate_batches(n_samples, batch_size):
+        batch = buffers.images[: stop - start]
+        np.take(images, order[start:stop], axis=0, out=batch, mode="clip")
+        loss = loss_and_grads_into(
+            buffers.work,
+            params,
+            batch,
+            positions[start:stop],
+            weight_decay,
+            with_loss=stop == n_samples,
         )
-        optimizer.update(params, (grad_w, grad_b), optimizer_state, learning_rate)
+        optimizer.update(params, grads, optimizer_state, learning_rate)
     _check_finite(params, loss, epoch, learning_rate)
     return loss
 
@@ -151,7 +182,7 @@ def fit(
     schedule.load_state_dict(state.schedule_state)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
-    buffers = (np.empty_like(images), np.empty_like(labels))
+    buffers = StepBuffers.for_run(images, batch_size, state.params)
 
     results = []
     for epoch in range(state.epoch + 1, epochs + 1):
