@@ -22,7 +22,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lr import tracking
+from mnist_lr import serving, tracking
 from mnist_lr.checkpoint import load_state, save_state
 from mnist_lr.config import ConfigError, register_configs, validate
 from mnist_lr.data import MNIST_SHA256, DataError, default_data_dir, load_mnist, split_validation
@@ -258,7 +258,8 @@ def log_outputs(
     """Metric history, weights, plots, Hydra's config record and the job's log file.
 
     With ``test_set`` (images ``(n, 784)``, labels ``(n,)``) the plots include the weight
-    templates, the confusion matrix and the misclassified images."""
+    templates, the confusion matrix and the misclassified images. The model is logged
+    as ``model``, a pyfunc model (see mnist_lr.serving)."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         write_history(history, folder / "metrics.csv")
@@ -274,6 +275,8 @@ def log_outputs(
             )
             for path in pictures:
                 run.log_artifact(path, "plots")
+        examples = test_set[0][:2] if test_set is not None else np.zeros((1, 784), np.float32)
+        tracking.log_pyfunc_model(run, serving.model_options(folder / "weights.npz", examples))
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     for handler in logging.getLogger().handlers:
         handler.flush()
