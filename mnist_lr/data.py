@@ -3,14 +3,21 @@
 Each file sits in the data folder as `NAME.gz` or `NAME`; gzip is recognised by its content
 (magic bytes 1f 8b), so a raw file named `.gz` loads as well. Every file is checked against the
 SHA-256 of its decompressed content before it is used.
+
+Decoding the gzip files takes about half a second, paid by every run of a sweep, so the decoded
+pixels and labels are cached as `.npy` files named by that SHA-256 (see `DecodedCache`). The
+cache is checked against the same SHA-256 each time it is read, so it cannot serve other data.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import os
+import stat
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -98,11 +105,13 @@ def load_mnist(
     download: bool = True,
     mirrors: Sequence[str] | None = None,
     checksums: Mapping[str, str] = MNIST_SHA256,
+    cache: bool = True,
 ) -> Mnist:
     """Load and verify MNIST from `data_dir` (None: `default_data_dir()`).
 
     Missing files are downloaded from `mirrors` (default `DEFAULT_MIRRORS`) unless `download`
     is false. `checksums` maps each file name to the SHA-256 of its decompressed content.
+    With `cache`, files decoded before are read from the `DecodedCache` of `data_dir`.
     Raises `DataError` with one message naming the file, the problem and the fix.
     """
     data_dir = (default_data_dir() if data_dir is None else Path(data_dir)).expanduser()
@@ -112,10 +121,15 @@ def load_mnist(
     if missing:
         raise ValueError(f"checksums has no SHA-256 for {', '.join(missing)}")
 
+    decoded_cache = DecodedCache.for_data_dir(data_dir) if cache else None
     arrays = {}
     verified = {}
     for key, name in MNIST_FILES.items():
         path = _find_or_download(data_dir, name, download, mirrors, checksums[name])
+        cached = decoded_cache.get(name, path, checksums[name]) if decoded_cache else None
+        if cached is not None:
+            arrays[key], verified[name] = cached, checksums[name]
+            continue
         try:
             # Parse before hashing: "truncated" or "an HTML page" says more than a bad hash.
             content = _read_content(path)
@@ -124,6 +138,8 @@ def load_mnist(
             verified[name] = _check_sha256(content, path, checksums[name])
         except DataError as err:
             raise DataError(f"{err}\n{_fix_for_bad_file(path, download, mirrors)}") from None
+        if decoded_cache:
+            decoded_cache.put(name, path, verified[name], arrays[key])
     _check_counts(arrays, data_dir, download, mirrors)
 
     logger.info(
@@ -163,6 +179,95 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed
     val_index = np.sort(order[:val_size])
     train_index = np.sort(order[val_size:])
     return Split(images[train_index], labels[train_index], images[val_index], labels[val_index])
+
+
+class DecodedCache:
+    """Decoded IDX arrays (uint8, as in the files) kept as `.npy` files in `folder`.
+
+    An entry is `NAME.SHA256.npy` plus `NAME.SHA256.json`, the size and modification time of
+    the source file it was decoded from. `get` serves an entry only when the source file
+    still has that size and time (else the file changed: it is decoded and checked again)
+    and when the array, behind its IDX header, still hashes to the SHA-256 in its name: a
+    damaged or tampered entry is decoded anew, never served. Entries are written to a
+    temporary file and renamed into place, so a crash or a concurrent writer leaves
+    either a whole entry or none.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> DecodedCache:
+        """`data_dir/.decoded` when `data_dir` is writable, else a folder for it under the
+        per-user cache folder. A folder whose mode denies writing counts as read-only even
+        to root, who could write there anyway."""
+        if _is_writable_dir(data_dir):
+            return cls(data_dir / ".decoded")
+        key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+        return cls(Path(platformdirs.user_cache_dir("mnist-lr")) / "decoded" / key)
+
+    def get(self, name: str, source: Path, sha256: str) -> np.ndarray | None:
+        """The verified array decoded from `source`, or None when there is no valid entry."""
+        array_path, stamp_path = self._paths(name, sha256)
+        try:
+            stamp = json.loads(stamp_path.read_text())
+            if stamp != _stamp(source):
+                return None
+            array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if array.dtype != np.uint8 or array.ndim not in (1, 3) or not _hashes_to(array, sha256):
+            logger.warning("decoded-data cache entry %s is damaged; decoding again", array_path)
+            return None
+        return np.asarray(array)  # a plain array over the mapped file, not a np.memmap
+
+    def put(self, name: str, source: Path, sha256: str, array: np.ndarray) -> None:
+        """Store `array`, verified to hash to `sha256`; a failure to write is only logged."""
+        array_path, stamp_path = self._paths(name, sha256)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomically(array_path, lambda handle: np.save(handle, array))
+            stamp = json.dumps(_stamp(source)).encode()
+            _write_atomically(stamp_path, lambda handle: handle.write(stamp))
+        except OSError as err:
+            logger.warning("cannot write the decoded-data cache in %s: %s", self.folder, err)
+
+    def _paths(self, name: str, sha256: str) -> tuple[Path, Path]:
+        return self.folder / f"{name}.{sha256}.npy", self.folder / f"{name}.{sha256}.json"
+
+
+def _is_writable_dir(folder: Path) -> bool:
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
+
+
+def _stamp(source: Path) -> dict[str, object]:
+    status = source.stat()
+    return {"source": str(source), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _hashes_to(array: np.ndarray, sha256: str) -> bool:
+    """Whether the IDX file holding `array` (header + bytes) has SHA-256 `sha256`."""
+    magic = _IDX_IMAGES_MAGIC if array.ndim == 3 else _IDX_LABELS_MAGIC
+    digest = hashlib.sha256(magic.to_bytes(4, "big"))
+    digest.update(np.asarray(array.shape, dtype=">u4").tobytes())
+    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest() == sha256
+
+
+def _write_atomically(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o644)  # readable by all, like the data files (mkstemp makes 0600)
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _find_or_download(
