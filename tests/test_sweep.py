@@ -1,0 +1,337 @@
+"""Sweeps end to end on real MNIST: each test launches ``python -m mnist_lr.run`` as a
+subprocess in a fresh folder with its own SQLite store, then reads what the sweep left in
+MLflow (one parent run, a child run per job, the comparison) and on disk."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from mnist_lr.sweep import HANDOFF_FILE, OUTCOME_FILE
+from mnist_lr.tracking import ERROR_TAG, PARENT_RUN_TAG
+
+pytestmark = pytest.mark.mnist
+
+COMPARE_ARTIFACTS = {"table.md", "table.csv", "loss.png", "accuracy.png", "train_vs_test.png"}
+EPOCH_METRICS = {
+    "train/loss", "train/accuracy", "val/loss", "val/accuracy", "test/loss", "test/accuracy",
+    "learning_rate", "epoch_seconds", "eval_seconds",
+}  # fmt: skip
+STORE_RACES = ("database is locked", "duplicate column", "_alembic_tmp")
+# Short jobs: one epoch of batches of 1000 takes about a second.
+QUICK = ("train.epochs=1", "batch_size=bs1000")
+PARALLEL = ("hydra/launcher=joblib",)
+
+
+@dataclass
+class Sweep:
+    """What one ``python -m mnist_lr.run`` multirun left: its exit status and output, and
+    its runs in the store."""
+
+    returncode: int
+    output: str
+    client: MlflowClient
+    parent: Run
+    children: list[Run]
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.parent.data.tags["sweep.dir"])
+
+    def child(self, status: str) -> Run:
+        (run,) = [run for run in self.children if run.info.status == status]
+        return run
+
+
+def sweep_command(folder: Path, mnist_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mnist_lr.run", *overrides,
+        f"tracking.uri=sqlite:///{folder}/mlflow.db", f"data.dir={mnist_dir}",
+    ]  # fmt: skip
+
+
+def subprocess_env() -> dict[str, str]:
+    """No store from the caller's environment: every sweep names its own."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_sweep(folder: Path, mnist_dir: Path, *overrides: str, timeout: float = 600) -> Sweep:
+    """Run a multirun in ``folder`` (its launch folder, holding its store) and read it back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    completed = subprocess.run(
+        sweep_command(folder, mnist_dir, *overrides),
+        cwd=folder,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return read_sweep(folder, completed.returncode, completed.stdout + completed.stderr)
+
+
+def read_sweep(folder: Path, returncode: int, output: str) -> Sweep:
+    """The one parent run in ``folder``'s store and its children, oldest first."""
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(experiment_ids, order_by=["attributes.start_time ASC"])
+    parents = [run for run in runs if PARENT_RUN_TAG not in run.data.tags]
+    assert len(parents) == 1, f"expected one parent run, found {len(parents)}:\n{output}"
+    parent = parents[0]
+    children = [run for run in runs if run is not parent]
+    for child in children:
+        assert child.data.tags[PARENT_RUN_TAG] == parent.info.run_id
+        assert child.info.experiment_id == parent.info.experiment_id
+    return Sweep(returncode, output, client, parent, children)
+
+
+def history(client: MlflowClient, run: Run, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of ``key``, by step."""
+    metrics = client.get_metric_history(run.info.run_id, key)
+    return sorted((metric.step, metric.value) for metric in metrics)
+
+
+def best(points: list[tuple[int, float]], lowest: bool = False) -> tuple[float, int]:
+    """The best value and its step (the earliest on ties)."""
+    sign = 1 if lowest else -1
+    step, value = min(points, key=lambda point: (sign * point[1], point[0]))
+    return value, step
+
+
+def read_artifact(client: MlflowClient, run: Run, path: str) -> str:
+    with tempfile.TemporaryDirectory() as scratch:
+        return Path(client.download_artifacts(run.info.run_id, path, scratch)).read_text()
+
+
+def csv_columns(text: str) -> dict[str, dict[str, str]]:
+    """A comparison CSV as ``{run name: {row label: cell}}``."""
+    header, *rows = list(csv.reader(io.StringIO(text)))
+    return {
+        name: {row[0]: row[index] for row in rows}
+        for index, name in enumerate(header[1:], start=1)
+    }
+
+
+def markdown_columns(text: str) -> dict[str, dict[str, str]]:
+    """A comparison Markdown table as ``{run name: {row label: cell}}``."""
+    lines = [line.strip().strip("|").split("|") for line in text.strip().splitlines()]
+    header, rows = lines[0], lines[2:]
+    cells = [[cell.strip() for cell in row] for row in [header, *rows]]
+    return {
+        name: {row[0]: row[index] for row in cells[1:]}
+        for index, name in enumerate(cells[0][1:], start=1)
+    }
+
+
+def expected_column(client: MlflowClient, run: Run) -> dict[str, str]:
+    """Every number the comparison should show for ``run``, recomputed from the run's
+    own metric history and params."""
+    params, metrics = run.data.params, run.data.metrics
+    loss, loss_epoch = best(history(client, run, "test/loss"), lowest=True)
+    accuracy_history = history(client, run, "test/accuracy")
+    accuracy, accuracy_epoch = best(accuracy_history)
+    n_test = 10_000
+    column = {
+        "status": run.info.status,
+        "optimizer": params["optimizer.name"],
+        "epochs": params["train.epochs"],
+        "batch size": params["batch_size.size"],
+        "learning rate": params["optimizer.lr"],
+        "momentum": params.get("optimizer.momentum", "-"),
+        "seed": params["seed"],
+        "best test loss (sum) @ epoch": f"{loss * n_test:.2f} @ {loss_epoch}",
+        "best test accuracy @ epoch": f"{accuracy:.4f} @ {accuracy_epoch}",
+        "final test accuracy": f"{accuracy_history[-1][1]:.4f}",
+        "training seconds": f"{metrics['train_seconds']:.2f}",
+    }
+    if "reference.best_test_accuracy" in params:
+        ref_accuracy = float(params["reference.best_test_accuracy"])
+        ref_loss = float(params["reference.best_test_loss_sum"])
+        column |= {
+            "reference best test accuracy @ epoch": (
+                f"{ref_accuracy:.4f} @ {params['reference.best_test_accuracy_epoch']}"
+            ),
+            "difference in accuracy": f"{accuracy - ref_accuracy:+.4f}",
+            "reference best test loss (sum) @ epoch": (
+                f"{ref_loss:.2f} @ {params['reference.best_test_loss_epoch']}"
+            ),
+            "difference in loss (sum)": f"{loss * n_test - ref_loss:+.2f}",
+        }
+    return column
+
+
+def assert_no_nonfinite_metric(sweep: Sweep) -> None:
+    for run in [sweep.parent, *sweep.children]:
+        for key in run.data.metrics:
+            for step, value in history(sweep.client, run, key):
+                assert math.isfinite(value), f"{run.info.run_name}: {key}={value} at {step}"
+
+
+# The reference sweep
+
+# Learning decay as the comparison words it, per reference configuration.
+REFERENCE_DECAY = {
+    "config_sample": "none",
+    "config_1": "none",
+    "config_2": "none",
+    "config_3": "plateau x0.75 on test/accuracy",
+}
+
+
+@pytest.fixture(scope="module", params=["basic", "joblib"])
+def reference_sweep(request, tmp_path_factory, mnist_dir) -> Sweep:
+    """The four reference configurations for 2 epochs, one job at a time or two at once."""
+    launcher = () if request.param == "basic" else (*PARALLEL, "hydra.launcher.n_jobs=2")
+    folder = tmp_path_factory.mktemp(f"reference-{request.param}")
+    return run_sweep(folder, mnist_dir, "+sweep=reference", "train.epochs=2", *launcher)
+
+
+def test_sweep_reference_is_one_parent_with_four_finished_children(reference_sweep):
+    sweep = reference_sweep
+    assert sweep.returncode == 0, sweep.output
+    assert [run.info.status for run in sweep.children] == ["FINISHED"] * 4, sweep.output
+    assert sorted(run.data.tags["experiment"] for run in sweep.children) == sorted(REFERENCE_DECAY)
+    assert sweep.parent.info.status == "FINISHED"
+    assert sweep.parent.data.tags["sweep"] == "reference"
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 4
+    assert sweep.parent.data.metrics["sweep/jobs_failed"] == 0
+
+
+def test_sweep_reference_logs_the_comparison_to_the_parent(reference_sweep):
+    sweep = reference_sweep
+    logged = sweep.client.list_artifacts(sweep.parent.info.run_id, "compare")
+    assert {Path(item.path).name for item in logged} >= COMPARE_ARTIFACTS
+    assert "Comparison of sweep 'reference'" in sweep.output
+
+
+def test_sweep_reference_table_numbers_are_the_childrens_metrics(reference_sweep):
+    sweep = reference_sweep
+    table = csv_columns(read_artifact(sweep.client, sweep.parent, "compare/table.csv"))
+    markdown = markdown_columns(read_artifact(sweep.client, sweep.parent, "compare/table.md"))
+    assert markdown == table
+    assert sorted(table) == sorted(run.info.run_name for run in sweep.children)
+    for run in sweep.children:
+        column = table[run.info.run_name]
+        expected = expected_column(sweep.client, run)
+        expected["learning decay"] = REFERENCE_DECAY[run.data.tags["experiment"]]
+        assert column == expected, run.info.run_name
+        # The summary the run logged agrees with its own history.
+        accuracy, epoch = best(history(sweep.client, run, "test/accuracy"))
+        assert run.data.metrics["best/test_accuracy"] == accuracy
+        assert run.data.metrics["best/test_epoch"] == epoch
+
+
+def test_sweep_reference_children_share_metric_keys_and_steps(reference_sweep):
+    """MLflow's own compare view lines the children up by metric key and step."""
+    sweep = reference_sweep
+    keys = {frozenset(run.data.metrics) for run in sweep.children}
+    assert len(keys) == 1
+    for run in sweep.children:
+        for key in EPOCH_METRICS - {"val/loss", "val/accuracy"}:
+            assert [step for step, _ in history(sweep.client, run, key)] == [1, 2], key
+
+
+# Failures
+
+
+def test_sweep_with_a_diverged_job_fails_and_names_it(tmp_path, mnist_dir):
+    # The gradient of the mean cross-entropy is bounded, so weights only stop being finite
+    # when the step itself overflows float32: 1e39 does at the first update, 1e12 never.
+    sweep = run_sweep(tmp_path, mnist_dir, "-m", "optimizer.lr=0.1,1e39", *QUICK)
+
+    assert sweep.returncode != 0, sweep.output
+    diverged, finished = sweep.child("FAILED"), sweep.child("FINISHED")
+    assert diverged.data.params["optimizer.lr"] == "1e+39"
+    assert "DivergenceError: training diverged" in diverged.data.tags[ERROR_TAG]
+    assert diverged.data.tags["overrides"] in sweep.output
+    assert "1 of 2 jobs failed" in sweep.output
+    assert finished.data.params["optimizer.lr"] == "0.1"
+    assert sweep.parent.info.status == "FAILED"
+    assert sweep.parent.data.metrics["sweep/jobs_failed"] == 1
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 1
+    assert_no_nonfinite_metric(sweep)
+
+
+# Output folders and parallel jobs
+
+
+def test_sweep_started_at_once_get_their_own_folders(tmp_path, mnist_dir):
+    """Two sweeps launched in the same instant from one folder never share a sweep folder,
+    and every job of each has a folder of its own."""
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for folder in folders:
+        folder.mkdir()
+    processes = [
+        subprocess.Popen(
+            sweep_command(folder, mnist_dir, "-m", "seed=0,1", *QUICK),
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for folder in folders
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    sweeps = [
+        read_sweep(folder, process.returncode, output)
+        for folder, process, output in zip(folders, processes, outputs, strict=True)
+    ]
+
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    sweep_dirs = [sweep.sweep_dir for sweep in sweeps]
+    assert sweep_dirs[0] != sweep_dirs[1]
+    for sweep in sweeps:
+        assert json.loads((sweep.sweep_dir / HANDOFF_FILE).read_text())["parent_run_id"] == (
+            sweep.parent.info.run_id
+        )
+        outcomes = sorted(sweep.sweep_dir.glob(f"*/{OUTCOME_FILE}"))
+        assert [path.parent.name for path in outcomes] == ["0", "1"]
+        assert [run.info.status for run in sweep.children] == ["FINISHED"] * 2
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory, mnist_dir) -> Sweep:
+    """Eight short jobs, four at a time, on a store that does not exist yet: four configs
+    by two seeds."""
+    folder = tmp_path_factory.mktemp("parallel")
+    assert not (folder / "mlflow.db").exists()
+    overrides = ("optimizer.lr=0.01,0.03,0.1,0.3", "seed=0,1")
+    return run_sweep(
+        folder, mnist_dir, "-m", *overrides, *QUICK, *PARALLEL, "hydra.launcher.n_jobs=4"
+    )
+
+
+def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
+    sweep = parallel_sweep
+    assert sweep.returncode == 0, sweep.output
+    for race in STORE_RACES:
+        assert race not in sweep.output
+    assert len(sweep.children) == 8
+    assert {run.info.status for run in sweep.children} == {"FINISHED"}
+    configurations = {
+        (run.data.params["optimizer.lr"], run.data.params["seed"]) for run in sweep.children
+    }
+    assert len(configurations) == 8
+    for run in sweep.children:
+        assert set(run.data.metrics) >= EPOCH_METRICS, run.info.run_name
+        for key in EPOCH_METRICS:
+            assert [step for step, _ in history(sweep.client, run, key)] == [1], key
+        assert {"best/test_accuracy", "best/val_accuracy", "train_seconds"} <= set(
+            run.data.metrics
+        )
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 8
+    assert_no_nonfinite_metric(sweep)
