@@ -108,6 +108,25 @@ def model_options(weights_file: Path, example_images: np.ndarray) -> dict:
     }
 
 
+def load_run_model(run_id: str, tracking_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """The ``model`` of run ``run_id`` in the store ``tracking_uri``; ValueError naming the
+    run and the store when it cannot be had (unknown run, a run logged without a model)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        folder = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{run_id}/model", tracking_uri=tracking_uri
+        )
+        return mlflow.pyfunc.load_model(folder)
+    except (MlflowException, OSError) as error:
+        reason = getattr(error, "message", None) or str(error)
+        raise ValueError(
+            f"cannot load the model of run {run_id!r} from {tracking_uri}: {reason}. "
+            "Check the run id (mlflow ui shows it) and the store (--tracking-uri)."
+        ) from error
+
+
 # MLflow runs this file under a module name of its own when it loads the model and takes
 # the model given here; imported as part of mnist_lr, the file leaves MLflow's slot alone.
 if __name__ != "mnist_lr.serving":
