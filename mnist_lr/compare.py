@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lr import tracking
 from mnist_lr.plots import new_figure
+from mnist_lr.sweep import JOB_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def load_children(client: MlflowClient, parent_run_id: str) -> list[ChildRun]:
         order_by=["attributes.start_time ASC"],
     )
     children = []
-    for run in runs:
+    for run in sorted(runs, key=_job_order):
         child = ChildRun(
             run.info.run_id, run.info.run_name, run.info.status, run.data.params, run.data.metrics
         )
@@ -91,6 +92,13 @@ def load_children(client: MlflowClient, parent_run_id: str) -> list[ChildRun]:
                 child.curves[key] = [metric.value for metric in history]
         children.append(child)
     return children
+
+
+def _job_order(run) -> tuple[float, int]:
+    """Parallel launchers start jobs in any order: sort by job number where the run has
+    one, else by start time."""
+    job = run.data.tags.get(JOB_TAG, "")
+    return (int(job) if job.isdigit() else math.inf, run.info.start_time)
 
 
 def _decay(params: dict[str, str]) -> str:

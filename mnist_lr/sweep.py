@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 HANDOFF_FILE = "mlflow_sweep.json"
 OUTCOME_FILE = "job_outcome.json"
+# Each child run's job number in the sweep (hydra.job.num), to list the runs in job order.
+JOB_TAG = "sweep.job"
 
 
 class SweepError(RuntimeError):
@@ -33,18 +36,28 @@ class SweepError(RuntimeError):
 
 
 def sweep_name(config: DictConfig) -> str:
-    """The named sweep (``+sweep=reference``), else a name from the sweep folder."""
+    """The named sweep (``+sweep=reference``; ``reference+slurm`` for ``+sweep=[reference,
+    slurm]``), else a name from the sweep folder."""
     choice = config.hydra.runtime.choices.get("sweep")
     if choice:
         return choice
+    # Hydra records no choice when several options of a group are selected at once.
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if override.key_or_group == "sweep":
+            value = override.value()
+            return "+".join(value) if isinstance(value, list) else str(value)
     return "multirun-" + Path(str(config.hydra.sweep.dir)).name
 
 
-def read_handoff(sweep_dir: Path) -> dict[str, str] | None:
+def read_handoff(sweep_dir: Path) -> dict[str, str]:
     """What the launching process left for the jobs: tracking URI, experiment and parent."""
     path = sweep_dir / HANDOFF_FILE
     if not path.is_file():
-        return None
+        raise SweepError(
+            f"this sweep job found no {HANDOFF_FILE} in {sweep_dir}: the launching process "
+            "did not create the sweep's parent run. Keep hydra.callbacks.mlflow_sweep in the "
+            "config, and put the sweep folder (hydra.sweep.dir) where every job can read it."
+        )
     return json.loads(path.read_text())
 
 

@@ -244,6 +244,25 @@ def test_sweep_reference_children_share_metric_keys_and_steps(reference_sweep):
             assert [step for step, _ in history(sweep.client, run, key)] == [1, 2], key
 
 
+# Other launchers
+
+
+def test_sweep_through_submitit_local_records_every_job(tmp_path, mnist_dir):
+    """submitit runs each job in a process of its own, started from its own folder; the
+    jobs still find the parent run the launching process made."""
+    launcher = ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    sweep = run_sweep(tmp_path, mnist_dir, "-m", "seed=0,1", *QUICK, *launcher)
+
+    assert sweep.returncode == 0, sweep.output
+    assert sorted(run.data.params["seed"] for run in sweep.children) == ["0", "1"]
+    assert {run.info.status for run in sweep.children} == {"FINISHED"}
+    assert sweep.parent.info.status == "FINISHED"
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 2
+    job_logs = list((sweep.sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert len(job_logs) == 2
+    assert all("epoch=1/1" in log.read_text() for log in job_logs)
+
+
 # Failures
 
 
