@@ -16,6 +16,7 @@ import numpy as np
 from mnist_lr.model import Params, Workspace, evaluate, label_positions, loss_and_grads_into
 from mnist_lr.optimizers import Optimizer, State
 from mnist_lr.schedules import Schedule
+from mnist_lr.threads import blas_threads, training_threads
 
 logger = logging.getLogger(__name__)
 
@@ -183,16 +184,18 @@ def fit(
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
     buffers = StepBuffers.for_run(images, batch_size, state.params)
+    threads = training_threads(batch_size)
 
     results = []
     for epoch in range(state.epoch + 1, epochs + 1):
         learning_rate = schedule.rate(epoch)
         started = time.perf_counter()
         order = rng.permutation(n_samples)
-        train_epoch(
-            state.params, images, labels, order, batch_size, optimizer,
-            state.optimizer_state, learning_rate, weight_decay, epoch, buffers,
-        )  # fmt: skip
+        with blas_threads(threads):
+            train_epoch(
+                state.params, images, labels, order, batch_size, optimizer,
+                state.optimizer_state, learning_rate, weight_decay, epoch, buffers,
+            )  # fmt: skip
         epoch_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
