@@ -66,7 +66,8 @@ class Cosine(Constant):
 @dataclass
 class Plateau(Constant):
     """Multiply the rate by ``decay_factor`` when ``monitor`` improves by less than
-    ``threshold`` from one epoch to the next (the reference rule)."""
+    ``threshold`` from one epoch to the next (the reference rule). An accuracy improves by
+    rising, a loss by falling."""
 
     decay_factor: float = 0.75
     threshold: float = 0.001
@@ -88,9 +89,13 @@ class Plateau(Constant):
                 "data.val_size > 0)"
             )
         value = metrics[self.monitor]
-        if self.previous is not None and value - self.previous < self.threshold:
+        if self.previous is not None and self._improvement(value) < self.threshold:
             self.current *= self.decay_factor
         self.previous = value
+
+    def _improvement(self, value: float) -> float:
+        change = value - self.previous
+        return -change if self.monitor.endswith("loss") else change
 
     def state_dict(self) -> dict[str, float]:
         return {"current": self.current, "previous": self.previous}

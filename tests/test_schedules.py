@@ -125,17 +125,20 @@ def test_plateau_missing_monitor_raises():
         schedule.observe(1, {"train/accuracy": 0.9, "test/accuracy": 0.8})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Plateau.observe treats a higher value as better for every monitor, so "
-    "schedule.monitor=*/loss (accepted by config.validate) decays when the loss improves",
-)
 def test_plateau_loss_monitor_does_not_decay_while_loss_falls():
     schedule = Plateau(0.1, decay_factor=0.5, threshold=0.001, monitor="val/loss")
 
     used = observe_all(schedule, [0.9, 0.5, 0.3])
 
     assert used == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_plateau_loss_monitor_decays_when_loss_stalls_or_rises():
+    schedule = Plateau(0.1, decay_factor=0.5, threshold=0.001, monitor="val/loss")
+
+    used = observe_all(schedule, [0.9, 0.8995, 0.95, 0.5])
+
+    assert used == pytest.approx([0.1, 0.1, 0.05, 0.025])
 
 
 # state_dict / load_state_dict
