@@ -43,7 +43,10 @@ def init_params(
         weights = (scale * rng.standard_normal((n_features, n_classes))).astype(np.float32)
     else:
         raise ValueError(f"model.init must be 'zeros' or 'normal', got {init!r}")
-    return Params(weights, np.zeros(n_classes, dtype=np.float32))
+    # Stored as (n_classes, n_features) rows: BLAS multiplies a batch by this layout and
+    # writes its gradient faster than with (n_features, n_classes) rows (README
+    # "Performance"). The shape seen by everyone stays (n_features, n_classes).
+    return Params(np.asfortranarray(weights), np.zeros(n_classes, dtype=np.float32))
 
 
 def logits(params: Params, images: np.ndarray) -> np.ndarray:
@@ -151,7 +154,7 @@ def loss_and_grads_into(
     scores = work.scores[:n_samples]
     row_max, row_sum = work.row_max[:n_samples], work.row_sum[:n_samples]
     flat_scores = scores.reshape(-1)
-    np.matmul(images, params.weights, out=scores)
+    np.matmul(images, _weights_for_rows(params.weights, n_samples), out=scores)
     scores += params.bias
     np.maximum.reduce(scores, axis=1, keepdims=True, out=row_max)
     scores -= row_max
@@ -172,6 +175,17 @@ def loss_and_grads_into(
     return loss
 
 
+# From this many rows on, ``images @ weights`` is faster with C-ordered weights (2x on the
+# full training set); below, the (n_classes, n_features) rows of ``init_params`` win.
+C_ORDER_FORWARD_ROWS = 1000
+
+
+def _weights_for_rows(weights: np.ndarray, n_rows: int) -> np.ndarray:
+    if n_rows >= C_ORDER_FORWARD_ROWS:
+        return np.ascontiguousarray(weights)
+    return weights
+
+
 def _matmul_transposed(images: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
     """``out = images.T @ delta``, written as ``(delta.T @ images).T`` when ``out`` is
     Fortran-ordered so BLAS writes straight into it."""
@@ -190,6 +204,7 @@ def evaluate(
     params: Params, images: np.ndarray, labels: np.ndarray, chunk_size: int = 10_000
 ) -> tuple[float, float]:
     """Mean cross-entropy (nats, without weight decay) and accuracy, in vectorised chunks."""
+    params = Params(_weights_for_rows(params.weights, min(chunk_size, len(labels))), params.bias)
     total_loss = 0.0
     correct = 0
     for start in range(0, len(labels), chunk_size):
