@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIDE = 28
@@ -33,6 +34,7 @@ def plot_metric(history: Sequence[dict[str, float]], metric: str, title: str) ->
         if key in history[0]:
             axes.plot(epochs, [row[key] for row in history], marker="o", ms=3, label=split)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs
     axes.set_ylabel("mean cross-entropy (nats)" if metric == "loss" else "accuracy")
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
