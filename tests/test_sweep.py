@@ -1,6 +1,9 @@
-"""Sweeps end to end on real MNIST: each test launches ``python -m mnist_lr.run`` as a
-subprocess in a fresh folder with its own SQLite store, then reads what the sweep left in
-MLflow (one parent run, a child run per job, the comparison) and on disk."""
+"""Sweeps end to end on real MNIST, and their preview.
+
+Each sweep test launches ``python -m mnist_lr.run`` as a subprocess in a fresh folder with
+its own SQLite store, then reads what the sweep left in MLflow (one parent run, a child
+run per job, the comparison) and on disk. The preview tests check that
+``python -m mnist_lr.preview`` lists exactly the jobs such a sweep ran."""
 
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from mnist_lr.preview import CONFIG_DIR, plan_sweep
+from mnist_lr.preview import main as preview_main
 from mnist_lr.sweep import HANDOFF_FILE, OUTCOME_FILE
 from mnist_lr.tracking import ERROR_TAG, PARENT_RUN_TAG
-
-pytestmark = pytest.mark.mnist
 
 COMPARE_ARTIFACTS = {"table.md", "table.csv", "loss.png", "accuracy.png", "train_vs_test.png"}
 EPOCH_METRICS = {
@@ -45,6 +48,7 @@ class Sweep:
     client: MlflowClient
     parent: Run
     children: list[Run]
+    arguments: list[str]  # what followed ``python -m mnist_lr.run``
 
     @property
     def sweep_dir(self) -> Path:
@@ -72,18 +76,20 @@ def subprocess_env() -> dict[str, str]:
 def run_sweep(folder: Path, mnist_dir: Path, *overrides: str, timeout: float = 600) -> Sweep:
     """Run a multirun in ``folder`` (its launch folder, holding its store) and read it back."""
     folder.mkdir(parents=True, exist_ok=True)
+    command = sweep_command(folder, mnist_dir, *overrides)
     completed = subprocess.run(
-        sweep_command(folder, mnist_dir, *overrides),
+        command,
         cwd=folder,
         env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    return read_sweep(folder, completed.returncode, completed.stdout + completed.stderr)
+    output = completed.stdout + completed.stderr
+    return read_sweep(folder, completed.returncode, output, command[3:])
 
 
-def read_sweep(folder: Path, returncode: int, output: str) -> Sweep:
+def read_sweep(folder: Path, returncode: int, output: str, arguments: list[str]) -> Sweep:
     """The one parent run in ``folder``'s store and its children, oldest first."""
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
@@ -95,7 +101,7 @@ def read_sweep(folder: Path, returncode: int, output: str) -> Sweep:
     for child in children:
         assert child.data.tags[PARENT_RUN_TAG] == parent.info.run_id
         assert child.info.experiment_id == parent.info.experiment_id
-    return Sweep(returncode, output, client, parent, children)
+    return Sweep(returncode, output, client, parent, children, arguments)
 
 
 def history(client: MlflowClient, run: Run, key: str) -> list[tuple[int, float]]:
@@ -199,6 +205,8 @@ def reference_sweep(request, tmp_path_factory, mnist_dir) -> Sweep:
     return run_sweep(folder, mnist_dir, "+sweep=reference", "train.epochs=2", *launcher)
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_reference_is_one_parent_with_four_finished_children(reference_sweep):
     sweep = reference_sweep
     assert sweep.returncode == 0, sweep.output
@@ -210,6 +218,8 @@ def test_sweep_reference_is_one_parent_with_four_finished_children(reference_swe
     assert sweep.parent.data.metrics["sweep/jobs_failed"] == 0
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_reference_logs_the_comparison_to_the_parent(reference_sweep):
     sweep = reference_sweep
     logged = sweep.client.list_artifacts(sweep.parent.info.run_id, "compare")
@@ -217,6 +227,8 @@ def test_sweep_reference_logs_the_comparison_to_the_parent(reference_sweep):
     assert "Comparison of sweep 'reference'" in sweep.output
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_reference_table_numbers_are_the_childrens_metrics(reference_sweep):
     sweep = reference_sweep
     table = csv_columns(read_artifact(sweep.client, sweep.parent, "compare/table.csv"))
@@ -234,6 +246,8 @@ def test_sweep_reference_table_numbers_are_the_childrens_metrics(reference_sweep
         assert run.data.metrics["best/test_epoch"] == epoch
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_reference_children_share_metric_keys_and_steps(reference_sweep):
     """MLflow's own compare view lines the children up by metric key and step."""
     sweep = reference_sweep
@@ -247,6 +261,8 @@ def test_sweep_reference_children_share_metric_keys_and_steps(reference_sweep):
 # Other launchers
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_through_submitit_local_records_every_job(tmp_path, mnist_dir):
     """submitit runs each job in a process of its own, started from its own folder; the
     jobs still find the parent run the launching process made."""
@@ -266,6 +282,8 @@ def test_sweep_through_submitit_local_records_every_job(tmp_path, mnist_dir):
 # Failures
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_with_a_diverged_job_fails_and_names_it(tmp_path, mnist_dir):
     # The gradient of the mean cross-entropy is bounded, so weights only stop being finite
     # when the step itself overflows float32: 1e39 does at the first update, 1e12 never.
@@ -287,6 +305,8 @@ def test_sweep_with_a_diverged_job_fails_and_names_it(tmp_path, mnist_dir):
 # Output folders and parallel jobs
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_started_at_once_get_their_own_folders(tmp_path, mnist_dir):
     """Two sweeps launched in the same instant from one folder never share a sweep folder,
     and every job of each has a folder of its own."""
@@ -306,7 +326,7 @@ def test_sweep_started_at_once_get_their_own_folders(tmp_path, mnist_dir):
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     sweeps = [
-        read_sweep(folder, process.returncode, output)
+        read_sweep(folder, process.returncode, output, process.args[3:])
         for folder, process, output in zip(folders, processes, outputs, strict=True)
     ]
 
@@ -334,6 +354,8 @@ def parallel_sweep(tmp_path_factory, mnist_dir) -> Sweep:
     )
 
 
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
     sweep = parallel_sweep
     assert sweep.returncode == 0, sweep.output
@@ -354,3 +376,113 @@ def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
         )
     assert sweep.parent.data.metrics["sweep/jobs_finished"] == 8
     assert_no_nonfinite_metric(sweep)
+
+
+# Preview
+
+
+def preview(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_lr.preview", *arguments],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def previewed_jobs(output: str) -> list[str]:
+    """The job lines of the preview's output (``  #3  key=value ...``), without numbers,
+    checking they are numbered 0, 1, 2..."""
+    jobs = [line.split(maxsplit=1) for line in output.splitlines() if line.startswith("  #")]
+    assert [number for number, _ in jobs] == [f"#{index}" for index in range(len(jobs))]
+    return [overrides for _, overrides in jobs]
+
+
+def executed_jobs(sweep: Sweep) -> list[str]:
+    """Each job's overrides as the job itself recorded them, in job order."""
+    folders = sorted(sweep.sweep_dir.glob(f"*/{OUTCOME_FILE}"), key=lambda p: int(p.parent.name))
+    return [" ".join(json.loads(path.read_text())["overrides"]) for path in folders]
+
+
+def assert_preview_matches(sweep: Sweep, folder: Path) -> None:
+    completed = preview(sweep.arguments, folder)
+
+    assert completed.returncode == 0, completed.stderr
+    jobs = previewed_jobs(completed.stdout)
+    assert jobs == executed_jobs(sweep)
+    assert sorted(jobs) == sorted(run.data.tags["overrides"] for run in sweep.children)
+    assert f"sweep of {len(jobs)} jobs" in completed.stdout
+    # Nothing ran: no output folder, no store.
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_preview_lists_the_jobs_the_reference_sweep_ran(reference_sweep, tmp_path):
+    assert_preview_matches(reference_sweep, tmp_path)
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_preview_lists_the_jobs_a_command_line_sweep_ran(parallel_sweep, tmp_path):
+    assert_preview_matches(parallel_sweep, tmp_path)
+
+
+SWEEP_FILES = sorted(path.stem for path in (CONFIG_DIR / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_preview_every_sweep_file_composes(name):
+    if name.startswith("optuna"):
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra")
+    plan = plan_sweep([f"+sweep={name}"], multirun=True)
+    assert plan.problems == {}
+    assert plan.jobs is None or len(plan.jobs) >= 1
+
+
+@pytest.mark.parametrize(
+    "arguments, count, launcher",
+    [
+        (["+sweep=reference"], 4, "basic"),
+        (["+sweep=lr", "optimizer=momentum"], 7, "basic"),
+        (["+sweep=seeds", "hydra/launcher=joblib"], 12, "joblib"),
+        (["+sweep=[reference,slurm]"], 4, "submitit_slurm"),
+        (["-m", "optimizer.lr=0.1,0.3", "seed=0,1,2"], 6, "basic"),
+        (["-m", "optimizer.lr=range(1,4)", "batch_size=bs100,bs1000"], 6, "basic"),
+    ],
+)
+def test_preview_counts_the_jobs(arguments, count, launcher, capsys):
+    assert preview_main(arguments) == 0
+    output = capsys.readouterr().out
+    assert len(previewed_jobs(output)) == count
+    assert f"sweep of {count} jobs (hydra/launcher={launcher})" in output
+
+
+def test_preview_command_line_replaces_a_sweep_param():
+    plan = plan_sweep(["+sweep=lr", "optimizer.lr=0.05,0.5"])
+    assert plan.jobs == [
+        ["optimizer.lr=0.05", "+sweep=lr"],
+        ["optimizer.lr=0.5", "+sweep=lr"],
+    ]
+
+
+def test_preview_without_multirun_is_a_single_run(capsys):
+    assert preview_main(["optimizer.lr=0.5"]) == 0
+    output = capsys.readouterr().out
+    assert "a single run, not a sweep" in output
+    assert previewed_jobs(output) == ["optimizer.lr=0.5"]
+
+
+def test_preview_names_jobs_that_would_fail(capsys):
+    assert preview_main(["-m", "optimizer.lr=-1,0.1", "optimizer=sgd,nope"]) == 1
+    output = capsys.readouterr().out
+    assert "optimizer.lr must be > 0, got -1.0" in output
+    assert "cannot be composed, so the sweep would not start" in output
+    assert "3 of them would fail" in output
+
+
+def test_preview_rejects_a_sweep_value_without_multirun(capsys):
+    assert preview_main(["optimizer.lr=0.1,0.3"]) == 2
+    assert "Ambiguous value for argument 'optimizer.lr=0.1,0.3'" in capsys.readouterr().err

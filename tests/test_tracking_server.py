@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lr.tracking import PARENT_RUN_TAG
 
-pytestmark = pytest.mark.mnist
+pytestmark = [pytest.mark.mnist, pytest.mark.slow]
 
 SERVER_START_SECONDS = 90  # the first start on a busy machine takes 20 s or more
 EXPERIMENT = "server-sweep"
