@@ -25,10 +25,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lr.config import ConfigError, register_configs, validate
+from mnist_lr.sweep import BASIC_SWEEPER
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass
@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_sweep(args.overrides, args.multirun)
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {error}", file=sys.stderr)
+        if "hydra/sweeper/optuna" in str(error):
+            print(
+                "the Optuna sweeper is an optional extra: pip install -e '.[optuna]'",
+                file=sys.stderr,
+            )
         return 2
     print(describe(plan), end="")
     return 1 if plan.problems else 0

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 HANDOFF_FILE = "mlflow_sweep.json"
 OUTCOME_FILE = "job_outcome.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # Each child run's job number in the sweep (hydra.job.num), to list the runs in job order.
 JOB_TAG = "sweep.job"
 
@@ -59,6 +60,17 @@ def read_handoff(sweep_dir: Path) -> dict[str, str]:
             "config, and put the sweep folder (hydra.sweep.dir) where every job can read it."
         )
     return json.loads(path.read_text())
+
+
+def check_objective(config: DictConfig) -> None:
+    """A sweeper that chooses jobs by their results (Optuna) maximises each job's best
+    validation accuracy, which needs a validation split."""
+    if config.hydra.sweeper._target_ != BASIC_SWEEPER and config.data.val_size == 0:
+        raise SweepError(
+            f"hydra/sweeper={config.hydra.runtime.choices.get('hydra/sweeper')} maximises the "
+            "best validation accuracy, and data.val_size=0 leaves no validation split; "
+            "keep data.val_size > 0 (for example data.val_size=5000)"
+        )
 
 
 def write_outcome(output_dir: Path, overrides: list[str], error: BaseException | None) -> None:
@@ -115,6 +127,7 @@ class SweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from mnist_lr import tracking
 
+        check_objective(config)
         launch_dir = Path(config.hydra.runtime.cwd)
         sweep_dir = launch_dir / str(config.hydra.sweep.dir)
         tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri, launch_dir)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -279,6 +280,55 @@ def test_sweep_through_submitit_local_records_every_job(tmp_path, mnist_dir):
     assert all("epoch=1/1" in log.read_text() for log in job_logs)
 
 
+# Optuna (the optional extra)
+
+
+def skip_without_optuna() -> None:
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper",
+        reason="hydra-optuna-sweeper is an optional extra: pip install -e '.[optuna]'",
+    )
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_sweep_optuna_searches_the_learning_rate_by_validation_accuracy(tmp_path, mnist_dir):
+    skip_without_optuna()
+    sweep = run_sweep(tmp_path, mnist_dir, "+sweep=optuna_lr", "hydra.sweeper.n_trials=3", *QUICK)
+
+    assert sweep.returncode == 0, sweep.output
+    assert len(sweep.children) == 3
+    assert {run.info.status for run in sweep.children} == {"FINISHED"}
+    rates = [float(run.data.params["optimizer.lr"]) for run in sweep.children]
+    assert len(set(rates)) == 3
+    assert all(0.001 <= rate <= 1.0 for rate in rates)
+    assert sweep.parent.data.tags["sweep"] == "optuna_lr"
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 3
+    # The study's best trial is the child with the best validation accuracy.
+    result = yaml.safe_load((sweep.sweep_dir / "optimization_results.yaml").read_text())
+    best = max(sweep.children, key=lambda run: run.data.metrics["best/val_accuracy"])
+    assert result["best_value"] == best.data.metrics["best/val_accuracy"]
+    assert result["best_params"]["optimizer.lr"] == pytest.approx(
+        float(best.data.params["optimizer.lr"])
+    )
+
+
+def test_sweep_optuna_without_a_validation_split_stops_before_any_job(tmp_path):
+    skip_without_optuna()
+    completed = subprocess.run(
+        sweep_command(tmp_path, tmp_path, "+sweep=optuna_lr", "data.val_size=0"),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert completed.returncode != 0
+    assert "data.val_size=0 leaves no validation split" in completed.stdout + completed.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # Failures
 
 
@@ -436,7 +486,7 @@ SWEEP_FILES = sorted(path.stem for path in (CONFIG_DIR / "sweep").glob("*.yaml")
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_preview_every_sweep_file_composes(name):
     if name.startswith("optuna"):
-        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra")
+        skip_without_optuna()
     plan = plan_sweep([f"+sweep={name}"], multirun=True)
     assert plan.problems == {}
     assert plan.jobs is None or len(plan.jobs) >= 1
