@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = {"sgd": 0.1, "momentum": 0.01}  # name -> learning rate (the config defaults)
 TARGET_ACCURACY = 0.92
 # The fastest configuration to 92% test accuracy found by hand (README "Performance").
-RACE_CONFIG = {"optimizer": "momentum", "learning_rate": 0.05, "batch_size": 100}
+RACE_CONFIG = {"optimizer": "momentum", "learning_rate": 0.1, "batch_size": 100}
 VAL_SIZE = 5000
 SOURCE_DIR = Path(__file__).resolve().parent.parent
 
@@ -501,19 +501,29 @@ def bare_run(data_dir: str, epochs: int) -> None:
     )
 
 
+# Runs a command and prints its wall time and peak memory. A child's peak resident memory
+# includes the moments between fork and exec, when it still counts its parent's pages: a
+# small launcher keeps the benchmark's own memory (data, PyTorch) out of the figure.
+_MEASURE_CHILD = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+completed = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+seconds = time.perf_counter() - started
+if completed.returncode:
+    sys.exit(completed.stderr.decode(errors="replace")[-4000:])
+print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
 def _timed_process(command: list[str], cwd: Path) -> tuple[float, int]:
-    """Wall seconds and peak resident memory (KiB) of one child process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    """Wall seconds and peak resident memory (KiB) of ``command`` in a fresh process."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _MEASURE_CHILD, *command], cwd=cwd, capture_output=True, text=True
     )
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {errors}")
-    return seconds, usage.ru_maxrss
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {completed.stderr}")
+    seconds, peak_kib = completed.stdout.split()
+    return float(seconds), int(peak_kib)
 
 
 # Targets and the report
