@@ -168,10 +168,7 @@ def seed_rows(children: list[ChildRun]) -> list[tuple[str, list[str]]] | None:
     groups: dict[tuple, list[ChildRun]] = defaultdict(list)
     for child in children:
         if "test/accuracy" in child.curves:
-            key = tuple(
-                sorted((k, v) for k, v in child.params.items() if k not in NOT_CONFIGURATION)
-            )
-            groups[key].append(child)
+            groups[_configuration(child)].append(child)
     if all(len(group) < 2 for group in groups.values()):
         return None
     rows: dict[str, list[str]] = defaultdict(list)

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -426,6 +427,25 @@ def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
         )
     assert sweep.parent.data.metrics["sweep/jobs_finished"] == 8
     assert_no_nonfinite_metric(sweep)
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_sweep_over_seeds_shows_mean_and_std_per_configuration(parallel_sweep):
+    sweep = parallel_sweep
+    table = markdown_columns(read_artifact(sweep.client, sweep.parent, "compare/seeds.md"))
+    by_rate: dict[str, list[Run]] = {}
+    for run in sweep.children:
+        by_rate.setdefault(run.data.params["optimizer.lr"], []).append(run)
+
+    assert len(table) == len(by_rate) == 4
+    for runs in by_rate.values():
+        (configuration,) = {run.info.run_name.rsplit("-seed", 1)[0] for run in runs}
+        column = table[configuration]
+        accuracies = [best(history(sweep.client, run, "test/accuracy"))[0] for run in runs]
+        mean, spread = statistics.mean(accuracies), statistics.stdev(accuracies)
+        assert column["best test accuracy, mean ± std"] == f"{mean:.4f} ± {spread:.4f}"
+        assert sorted(column["seeds"].split(", ")) == ["0", "1"]
 
 
 # Preview
