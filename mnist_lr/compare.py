@@ -308,14 +308,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = tracking.resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(_existing_store(uri))
         parent_run_id = find_parent(client, args.sweep)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    compare_sweep(client, parent_run_id, client.get_run(parent_run_id).info.run_name)
+    if not compare_sweep(client, parent_run_id, client.get_run(parent_run_id).info.run_name):
+        print(
+            f"error: run {parent_run_id} has no child runs; give a sweep's parent run id "
+            "or a sweep name",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def _existing_store(uri: str) -> str:
+    """``uri``, unless it names a SQLite file that does not exist: opening it would leave
+    an empty store wherever the command happened to run."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ValueError(
+            f"no MLflow store at {uri}; run this in the folder the sweep was launched from, "
+            "or give --tracking-uri"
+        )
+    return uri
 
 
 if __name__ == "__main__":
