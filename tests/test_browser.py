@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+# pytest puts tests/ on sys.path (no __init__.py): share the server helpers.
+from test_serving import start_server, stop_server
 
 pytestmark = [pytest.mark.mnist, pytest.mark.slow]
 
@@ -138,17 +140,6 @@ def wait_until_answering(url: str, server: subprocess.Popen, timeout: float) -> 
     pytest.fail(f"mlflow ui did not answer {url} within {timeout:.0f} s")
 
 
-def stop(server: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
 @pytest.fixture(scope="module")
 def sweep(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     require_browser()
@@ -161,26 +152,18 @@ def ui_base(sweep: Sweep) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = (sweep.folder / "mlflow-ui.log").open("w")
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "ui"),
-            *("--backend-store-uri", sweep.tracking_uri),
-            *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        cwd=sweep.folder,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    command = [
+        *(sys.executable, "-m", "mlflow", "ui"),
+        *("--backend-store-uri", sweep.tracking_uri),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    server = start_server(command, sweep.folder, env, "mlflow-ui.log")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(f"{base}/", server, UI_START_SECONDS)
         yield base
     finally:
-        stop(server)
-        log.close()
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@ without mnist_lr, and behind ``mlflow models serve``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,6 +90,39 @@ def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
         weights, bias = arrays["weights"], arrays["bias"]
     images = load_mnist(mnist_dir, download=False).test_images
     return TrainedRun(run_id, tracking_uri, folder, images, weights, bias)
+
+
+def start_server(
+    command: list[str], folder: Path, env: dict[str, str], log_name: str
+) -> subprocess.Popen:
+    """``command`` in its own process group, its output in ``folder / log_name``."""
+    with (folder / log_name).open("w") as log:
+        return subprocess.Popen(
+            command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_server(server: subprocess.Popen, grace_seconds: float = 20) -> None:
+    """End the server and every process it started (its workers and job runners share
+    its process group and can outlive it by seconds): SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and group_alive(server.pid):
+        server.poll()  # reap the leader, so the group can empty
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -245,10 +280,7 @@ def test_models_serve_answers_like_the_model_in_process(trained_run: TrainedRun)
         *("-m", trained_run.model_uri, "--env-manager", "local"),
         *("-h", "127.0.0.1", "-p", str(port)),
     ]
-    log = (trained_run.folder / "serve.log").open("w")
-    server = subprocess.Popen(
-        command, cwd=trained_run.folder, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    server = start_server(command, trained_run.folder, env, "models-serve.log")
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_ping(f"{base}/ping", server)
@@ -258,13 +290,7 @@ def test_models_serve_answers_like_the_model_in_process(trained_run: TrainedRun)
             {"dataframe_split": {"columns": list(range(784)), "data": images.tolist()}},
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        stop_server(server)
 
     for answer in (as_tensor, as_frame):
         served = pd.DataFrame(answer["predictions"])
