@@ -218,9 +218,14 @@ def expect_model_training_view(page) -> None:
     not the GenAI one (Overview, Traces, Evaluation runs, ...)."""
     from playwright.sync_api import expect
 
+    wrong_view = (
+        f"{page.url} is not in MLflow's model-training view (the GenAI sidebar shows); "
+        f"MLflow 3.17 needs ?{MODEL_TRAINING} in the address (tracking.experiment_url)"
+    )
     navigation = page.get_by_role("navigation")
-    expect(navigation.get_by_role("link", name="Model registry", exact=True)).to_be_visible()
-    expect(navigation.get_by_role("link", name="Evaluation runs", exact=True)).to_have_count(0)
+    model_registry = navigation.get_by_role("link", name="Model registry", exact=True)
+    expect(model_registry, wrong_view).to_be_visible()
+    expect(navigation.get_by_role("link", name="Evaluation runs"), wrong_view).to_have_count(0)
 
 
 def open_training_runs(page, ui_base: str, sweep: Sweep) -> None:
