@@ -30,7 +30,7 @@ from mnist_lr.model import Params, init_params, predict
 from mnist_lr.optimizers import make_optimizer
 from mnist_lr.plots import save_curves, save_model_pictures
 from mnist_lr.schedules import make_schedule
-from mnist_lr.sweep import read_handoff, write_outcome
+from mnist_lr.sweep import JOB_TAG, read_handoff, write_outcome
 from mnist_lr.trainer import DivergenceError, EpochResult, TrainState, fit
 
 logger = logging.getLogger("mnist_lr")
@@ -217,6 +217,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     hydra_cfg = HydraConfig.get()
     tags = {group: choice for group, choice in group_choices().items()}
     tags["overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
+    if hydra_cfg.mode.name == "MULTIRUN":
+        tags[JOB_TAG] = str(hydra_cfg.job.num)
     tags["mlflow.source.name"] = "mnist_lr.run"
     return tags
 
@@ -394,7 +396,9 @@ def run_sweep_job(cfg: DictConfig, launch_dir: Path) -> float | None:
     except Exception as error:
         logger.error("job %s failed: %s", " ".join(overrides), error)
         write_outcome(output_dir, overrides, error)
-        return float("nan")
+        # None, not NaN: the Optuna sweeper records a None trial as FAILED and goes on,
+        # but a NaN makes it raise and end the whole study.
+        return None
     write_outcome(output_dir, overrides, None)
     return objective(summary)
 

@@ -14,6 +14,7 @@ which is not an ``Exception`` and reaches the shell.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -48,6 +49,13 @@ def sweep_name(config: DictConfig) -> str:
             value = override.value()
             return "+".join(value) if isinstance(value, list) else str(value)
     return "multirun-" + Path(str(config.hydra.sweep.dir)).name
+
+
+def sweep_key(overrides: list[str]) -> str:
+    """Equal for two launches of the same sweep command (``restart`` aside)."""
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith("restart="))
+    text = json.dumps(kept)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_handoff(sweep_dir: Path) -> dict[str, str]:
@@ -136,8 +144,22 @@ class SweepCallback(Callback):
         )
         name = sweep_name(config)
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
-        tags = {"sweep": name, "sweep.overrides": overrides, "sweep.dir": str(sweep_dir)}
-        parent_run_id = tracking.create_parent_run(client, experiment_id, name, tags)
+        key = sweep_key(list(config.hydra.overrides.task))
+        parent_run_id = None
+        if not config.restart:
+            parent_run_id = tracking.find_unfinished_parent(client, experiment_id, key)
+        if parent_run_id is not None:
+            tracking.reopen_parent(client, parent_run_id)
+            logger.info(
+                "rerunning sweep %r under its parent run %s: FINISHED jobs are skipped, "
+                "unfinished ones resume (restart=true starts afresh)",
+                name,
+                parent_run_id,
+            )
+        else:
+            tags = {"sweep": name, "sweep.overrides": overrides, "sweep.dir": str(sweep_dir)}
+            tags[tracking.SWEEP_KEY_TAG] = key
+            parent_run_id = tracking.create_parent_run(client, experiment_id, name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         handoff = {
             "tracking_uri": tracking_uri,

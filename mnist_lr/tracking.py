@@ -6,6 +6,7 @@ The rest of the package hands plain values to this module; nothing else imports 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -28,6 +29,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
 # A hash of the resolved config, the code's commit and the data: equal keys, equal runs.
 CONFIG_KEY_TAG = "config.key"
+# A hash of a sweep's name and overrides: a rerun of the same command finds its parent.
+SWEEP_KEY_TAG = "sweep.key"
 TRACKED_PACKAGES = ("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
 
 
@@ -61,13 +64,30 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Processes opening one SQLite store take turns: MLflow's schema migration of a new
+    store is not safe to run twice at once."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + "-lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[MlflowClient, str]:
     """A client and the id of experiment ``name``, created (as a model-training
     experiment) if missing. Fails with TrackingError if the store is unusable."""
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
     try:
-        with working_directory(launch_dir):
+        with _store_lock(tracking_uri), working_directory(launch_dir):
             client = MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -307,6 +327,25 @@ def create_parent_run(
 
     run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
     return run.info.run_id
+
+
+def find_unfinished_parent(client: MlflowClient, experiment_id: str, sweep_key: str):
+    """The newest parent run of this sweep (``sweep.key`` tag) that did not FINISH."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{sweep_key}' "
+        "and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_parent(client: MlflowClient, run_id: str) -> None:
+    """A KILLED or FAILED sweep's parent, RUNNING again for the rerun."""
+    client.update_run(run_id, status="RUNNING")
+    if ERROR_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
 
 
 def _end(client: MlflowClient, run_id: str, status: str, reason: str) -> None:

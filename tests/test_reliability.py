@@ -168,3 +168,52 @@ def test_override_values_with_equals_and_scientific_notation_arrive_intact(tmp_p
     client, (run,) = _runs(tmp_path)
     assert run.info.run_name == "a=b"
     assert run.data.params["optimizer.lr"] == "0.1"
+
+
+def test_rerun_of_an_interrupted_sweep_skips_finished_and_resumes_the_rest(tmp_path, mnist_dir):
+    overrides = (
+        "hydra.mode=MULTIRUN",
+        "optimizer.lr=0.01,0.02,0.03",
+        "train.epochs=4",
+        "batch_size=bs10",
+    )
+    process = subprocess.Popen(
+        _command(tmp_path, mnist_dir, *overrides),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, in_second_job = "", False
+    for line in process.stdout:  # interrupt the second job after two of its epochs
+        output += line
+        in_second_job = in_second_job or "#1 :" in line
+        if in_second_job and "epoch=2/4" in line:
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            break
+    output += process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output
+    client, runs = _runs(tmp_path)
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses == ["FINISHED", "KILLED", "KILLED"], output  # job 0, job 1, the parent
+
+    rerun = _run(tmp_path, mnist_dir, *overrides)
+
+    assert rerun.returncode == 0, rerun.output
+    assert "already FINISHED" in rerun.output
+    assert "after epoch 2" in rerun.output or "after epoch 3" in rerun.output
+    client, runs = _runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert [s for s, _ in _history(client, child.info.run_id, "test/accuracy")] == [1, 2, 3, 4]
+
+    fresh = _run(tmp_path, mnist_dir, *overrides, "restart=true")
+    assert fresh.returncode == 0, fresh.output
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 4 + 4
