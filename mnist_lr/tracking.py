@@ -25,6 +25,10 @@ DEFAULT_STORE = "mlflow.db"
 # model training; this tag and value are what its UI sets when a user picks that kind.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI also keeps a per-browser sidebar switch, and a link picks the
+# model-training side with this query parameter (its code knows only "genai" and
+# "machine_learning"; "model_training" falls back to the switch, GenAI by default).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
 # A hash of the resolved config, the code's commit and the data: equal keys, equal runs.
@@ -140,8 +144,8 @@ def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = N
     base = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     base = base.rstrip("/")
     if run_id is not None:
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=model_training"
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
 
 
 def browse_hint(tracking_uri: str, launch_dir: Path | None = None) -> str:

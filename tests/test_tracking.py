@@ -136,13 +136,13 @@ def test_flatten_prefix_and_empty_sections():
 def test_experiment_url_opens_model_training_view(tracking_uri, base):
     url = experiment_url(tracking_uri, "7")
 
-    assert url == f"{base}/#/experiments/7/runs?workflowType=model_training"
+    assert url == f"{base}/#/experiments/7/runs?workflowType=machine_learning"
 
 
 def test_experiment_url_with_run_points_at_the_run():
     url = experiment_url("sqlite:////tmp/mlflow.db", "7", "abc123")
 
-    assert url == "http://127.0.0.1:5000/#/experiments/7/runs/abc123"
+    assert url == "http://127.0.0.1:5000/#/experiments/7/runs/abc123?workflowType=machine_learning"
 
 
 # open_experiment
