@@ -16,19 +16,22 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lr import serving, tracking
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+from mnist_lr import tracking
 from mnist_lr.checkpoint import load_state, save_state
 from mnist_lr.config import ConfigError, register_configs, validate
 from mnist_lr.data import MNIST_SHA256, DataError, default_data_dir, load_mnist, split_validation
 from mnist_lr.model import Params, init_params, predict
 from mnist_lr.optimizers import make_optimizer
-from mnist_lr.plots import save_curves, save_model_pictures
 from mnist_lr.schedules import make_schedule
 from mnist_lr.sweep import JOB_TAG, read_handoff, write_outcome
 from mnist_lr.trainer import DivergenceError, EpochResult, TrainState, fit
@@ -47,7 +50,7 @@ EPOCH_METRICS = [
 class Store:
     """Where this run is recorded: the client, experiment and (in a sweep) parent run."""
 
-    client: tracking.MlflowClient
+    client: MlflowClient
     tracking_uri: str
     experiment_id: str
     parent_run_id: str | None = None
@@ -262,6 +265,9 @@ def log_outputs(
     With ``test_set`` (images ``(n, 784)``, labels ``(n,)``) the plots include the weight
     templates, the confusion matrix and the misclassified images. The model is logged
     as ``model``, a pyfunc model (see mnist_lr.serving)."""
+    from mnist_lr import serving
+    from mnist_lr.plots import save_curves, save_model_pictures
+
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         write_history(history, folder / "metrics.csv")
@@ -377,7 +383,7 @@ def run_sweep_job(cfg: DictConfig, launch_dir: Path) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
-        store = Store(tracking.MlflowClient(handoff["tracking_uri"]), **handoff)
+        store = Store(tracking.connect(handoff["tracking_uri"]), **handoff)
         previous = (
             None
             if cfg.restart

@@ -1,6 +1,8 @@
 """Everything MLflow: where the store is, the experiment, a run's lifecycle and its records.
 
 The rest of the package hands plain values to this module; nothing else imports MLflow.
+MLflow is imported where it is first needed (it takes seconds), so ``--help`` and config
+errors answer without it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def open_experiment(tracking_uri: str, name: str, launch_dir: Path) -> tuple[Mlf
         _check_server(tracking_uri)
     try:
         with _store_lock(tracking_uri), working_directory(launch_dir):
-            client = MlflowClient(tracking_uri)
+            client = connect(tracking_uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 experiment_id = _create_experiment(client, name)
@@ -123,6 +126,13 @@ def _check_server(tracking_uri: str, timeout: float = 5.0) -> None:
             "(mlflow server --host 127.0.0.1 --port 5000) or point tracking.uri "
             "(or $MLFLOW_TRACKING_URI) at a running one"
         ) from error
+
+
+def connect(tracking_uri: str) -> MlflowClient:
+    """A client of the store at ``tracking_uri`` (no request is made yet)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
 
 
 def _create_experiment(client: MlflowClient, name: str) -> str:
@@ -208,15 +218,21 @@ class Run:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, object]) -> None:
+        from mlflow.entities import Param
+
         entries = [Param(key, str(value)) for key, value in params.items()]
         self.client.log_batch(self.run_id, params=entries)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         entries = [RunTag(key, str(value)) for key, value in tags.items()]
         self.client.log_batch(self.run_id, tags=entries)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """One write for all of an epoch's metrics."""
+        from mlflow.entities import Metric
+
         timestamp = int(time.time() * 1000)
         entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=entries)
