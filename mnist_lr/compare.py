@@ -237,12 +237,16 @@ def plot_train_vs_test(children: list[ChildRun]):
 
 
 def plot_learning_rates(children: list[ChildRun]):
-    """Best test and validation accuracy against the learning rate, log axis; None when
-    the runs share one learning rate."""
+    """Best test and validation accuracy against the learning rate, log axis; None unless
+    the learning rate is what the runs differ in (seeds aside): a line through runs that
+    also differ in batch size or optimizer would mislead."""
     points = [
         (float(c.params["optimizer.lr"]), c) for c in children if "test/accuracy" in c.curves
     ]
-    if len({lr for lr, _ in points}) < 2:
+    others = {
+        tuple(kv for kv in _configuration(child) if kv[0] != "optimizer.lr") for _, child in points
+    }
+    if len({lr for lr, _ in points}) < 2 or len(others) > 1:
         return None
     points.sort(key=lambda point: point[0])
     figure = new_figure()

@@ -6,13 +6,14 @@ checked by ``validate`` before any run is created, so a bad value costs no MLflo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 N_TRAIN_IMAGES = 60_000
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -171,7 +172,12 @@ class ConfigError(ValueError):
 
 # key, rule as the user reads it, check, suggested fix
 _RULES: list[tuple[str, str, Any, str]] = [
-    ("optimizer.lr", "must be > 0", lambda v: v > 0, "optimizer.lr=0.01"),
+    (
+        "optimizer.lr",
+        "must be > 0 and at most 3.4e38 (float32's largest number)",
+        lambda v: 0 < v <= FLOAT32_MAX,
+        "optimizer.lr=0.01",
+    ),
     ("optimizer.momentum", "must be in [0, 1)", lambda v: 0 <= v < 1, "optimizer.momentum=0.9"),
     ("optimizer.beta1", "must be in [0, 1)", lambda v: 0 <= v < 1, "optimizer.beta1=0.9"),
     ("optimizer.beta2", "must be in [0, 1)", lambda v: 0 <= v < 1, "optimizer.beta2=0.999"),
@@ -229,9 +235,47 @@ def validate(cfg: DictConfig) -> None:
         value = cfg[section][name]
         if not check(value):
             problems.append(f"{key} {rule}, got {value!r}; for example {fix}")
+    problems += _unknown_keys(cfg)
     problems += _cross_checks(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know: added with ``+``, or a setting of another option
+    (``+optimizer.momentum=0.9`` with ``optimizer=sgd``)."""
+    problems = [
+        f"{key} is not a config key (added with +?); check the spelling, "
+        "python -m mnist_lr.run --help lists every key"
+        for key in cfg
+        if key not in Config.__dataclass_fields__
+    ]
+    sections = {f.name: f.default_factory for f in fields(Config) if callable(f.default_factory)}
+    sections["reference"] = ReferenceConfig
+    for section, schema in sections.items():
+        if isinstance(cfg.get(section), DictConfig):
+            known = {f.name for f in fields(schema)}
+            problems += [
+                f"{section}.{key} is not a config key (added with +?); "
+                f"{section} has {', '.join(sorted(known))}"
+                for key in cfg[section]
+                if key not in known
+            ]
+    for group, options in SCHEMAS.items():
+        chosen = cfg[group].name
+        known = {f.name for f in fields(options.get(chosen, OptimizerConfig))}
+        for key in cfg[group]:
+            if key not in known:
+                owners = [
+                    name for name, schema in options.items() if key in schema.__dataclass_fields__
+                ]
+                where = f"; it belongs to {group}={' or '.join(owners)}" if owners else ""
+                settings = ", ".join(sorted(known - {"name"})) or "none"
+                problems.append(
+                    f"{group}.{key} is not a setting of {group}={chosen} "
+                    f"(its settings: {settings}){where}"
+                )
+    return problems
 
 
 def _cross_checks(cfg: DictConfig) -> list[str]:

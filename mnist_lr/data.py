@@ -86,6 +86,11 @@ def default_data_dir() -> Path:
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
         return Path(from_env).expanduser()
+    return cache_data_dir()
+
+
+def cache_data_dir() -> Path:
+    """The per-user cache folder that missing files are downloaded into by default."""
     return Path(platformdirs.user_cache_dir("mnist-lr")) / "mnist"
 
 

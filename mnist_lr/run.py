@@ -6,6 +6,7 @@ and MLflow. Reads top to bottom as the steps of a run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -29,7 +30,14 @@ if TYPE_CHECKING:
 from mnist_lr import tracking
 from mnist_lr.checkpoint import load_state, save_state
 from mnist_lr.config import ConfigError, register_configs, validate
-from mnist_lr.data import MNIST_SHA256, DataError, default_data_dir, load_mnist, split_validation
+from mnist_lr.data import (
+    DATA_DIR_ENV,
+    MNIST_SHA256,
+    DataError,
+    cache_data_dir,
+    load_mnist,
+    split_validation,
+)
 from mnist_lr.model import Params, init_params, predict
 from mnist_lr.optimizers import make_optimizer
 from mnist_lr.schedules import make_schedule
@@ -80,10 +88,13 @@ def train(
             log_hydra_files(run)
 
         def record_epoch(result: EpochResult, state: TrainState) -> None:
-            history.append({"epoch": result.epoch, **result.metrics})
-            run.log_metrics(result.metrics, step=result.epoch)
-            save_state(state, output_dir / CHECKPOINT_FILE)
-            run.log_artifact(output_dir / CHECKPOINT_FILE, "checkpoint")
+            # Metrics and checkpoint land together or not at all: an interrupt between
+            # them would make a resumed run log an epoch twice.
+            with interrupts_deferred():
+                history.append({"epoch": result.epoch, **result.metrics})
+                run.log_metrics(result.metrics, step=result.epoch)
+                save_state(state, output_dir / CHECKPOINT_FILE)
+                run.log_artifact(output_dir / CHECKPOINT_FILE, "checkpoint")
 
         params = (
             state.params if state else init_params(cfg.model.init, cfg.seed, cfg.model.init_scale)
@@ -172,10 +183,32 @@ def dataset_sizes(eval_sets: dict) -> dict[str, int]:
     return {f"dataset.n_{split}": len(labels) for split, (_, labels) in eval_sets.items()}
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM until the block is done; they are delivered right after."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
 def resolve_data_dir(configured: str | None, launch_dir: Path) -> Path:
-    """``data.dir``, else ``$MNIST_LR_DATA_DIR``, else the cache; relative to the launch."""
-    folder = Path(configured) if configured else default_data_dir()
-    return launch_dir / folder.expanduser()
+    """``data.dir``, else ``$MNIST_LR_DATA_DIR``, else the cache; relative to the launch.
+    A folder the user named must exist (a typo should not become a new, empty folder);
+    the cache is created as needed."""
+    from_env = os.environ.get(DATA_DIR_ENV)
+    named = configured or from_env
+    folder = launch_dir / Path(named or cache_data_dir()).expanduser()
+    if named and not folder.is_dir():
+        source = f"data.dir={configured}" if configured else f"${DATA_DIR_ENV}={from_env}"
+        raise DataError(
+            f"{source}: the folder {folder} does not exist. Point it at the folder that holds "
+            "the four MNIST files, or unset it to use (and download into) the cache "
+            f"{cache_data_dir()}"
+        )
+    return folder
 
 
 def optimizer_options(cfg: DictConfig) -> dict:
@@ -350,6 +383,19 @@ def main(cfg: DictConfig) -> float | None:
 def resumed_config(cfg: DictConfig, launch_dir: Path) -> tuple[DictConfig, Store]:
     """The config a KILLED or FAILED run was started with (its own ``hydra/config.yaml``),
     tracked in the store the current config names."""
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri, launch_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            f"resume={cfg.resume}: there is no MLflow store at {uri}; run the command in the "
+            "folder you trained in, or name the store with tracking.uri=..."
+        )
+    ignored = [
+        o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "tracking."))
+    ]
+    if ignored:
+        logger.warning(
+            "resume continues the run with its own config; ignoring %s", " ".join(ignored)
+        )
     store = open_store(cfg, launch_dir)
     status = tracking.run_status(store.client, cfg.resume)
     if status is None:
@@ -415,6 +461,28 @@ def objective(summary: dict[str, float]) -> float | None:
     return summary.get("best/val_accuracy")
 
 
+def check_group_overrides(arguments: list[str]) -> str | None:
+    """Hydra answers ``batch_size=32`` with a traceback about ints; say what to type."""
+    for argument in arguments:
+        group, _, value = argument.partition("=")
+        if group.lstrip("+") in ("optimizer", "schedule", "batch_size") and value.isdigit():
+            hint = (
+                f"batch_size.size={value} for any size, or one of bs1, bs10, bs100, bs1000, full"
+                if group.lstrip("+") == "batch_size"
+                else f"an option name; python -m mnist_lr.run --help lists the {group} options"
+            )
+            return f"{argument}: {group} is a config group and takes {hint}"
+    return None
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    main()
+    problem = check_group_overrides(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

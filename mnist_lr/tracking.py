@@ -262,7 +262,7 @@ def start_run(
     if parent_run_id is not None:
         all_tags[PARENT_RUN_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    with ending(client, run.info.run_id) as tracked:
+    with ending(client, run.info.run_id, in_sweep=parent_run_id is not None) as tracked:
         yield tracked
 
 
@@ -270,22 +270,27 @@ def start_run(
 def reopen_run(client: MlflowClient, run_id: str) -> Iterator[Run]:
     """Continue a KILLED or FAILED run in place: RUNNING again, then ended as usual."""
     client.update_run(run_id, status="RUNNING")
-    if ERROR_TAG in client.get_run(run_id).data.tags:
+    tags = client.get_run(run_id).data.tags
+    if ERROR_TAG in tags:
         client.delete_tag(run_id, ERROR_TAG)
-    with ending(client, run_id) as tracked:
+    with ending(client, run_id, in_sweep=PARENT_RUN_TAG in tags) as tracked:
         yield tracked
 
 
 @contextlib.contextmanager
-def ending(client: MlflowClient, run_id: str) -> Iterator[Run]:
+def ending(client: MlflowClient, run_id: str, in_sweep: bool = False) -> Iterator[Run]:
     """End the run whatever happens: FINISHED on success, KILLED on Ctrl-C or SIGTERM,
     FAILED on any other exception with the error text as the ``error`` tag."""
+    if in_sweep:
+        resume_hint = "run the same sweep command again to resume the sweep"
+    else:
+        resume_hint = f"continue it with: python -m mnist_lr.run resume={run_id}"
     tracked = Run(client, run_id)
     try:
         yield tracked
     except (KeyboardInterrupt, SystemExit) as error:
         _end(client, run_id, "KILLED", f"interrupted: {type(error).__name__} {error}".strip())
-        logger.warning("run %s KILLED; continue it with: resume=%s", run_id, run_id)
+        logger.warning("run %s KILLED; %s", run_id, resume_hint)
         raise
     except BaseException as error:
         _end(client, run_id, "FAILED", f"{type(error).__name__}: {error}")

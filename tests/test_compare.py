@@ -342,3 +342,21 @@ def test_compare_where_there_is_no_store_leaves_none(tmp_path):
     assert completed.returncode == 2
     assert "no MLflow store at" in completed.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_learning_rate_plot_only_when_the_learning_rate_is_what_differs():
+    from mnist_lr.compare import plot_learning_rates
+
+    grid = [
+        child_run(f"lr{lr}", test_accuracy=[0.8, 0.9], optimizer__lr=lr, seed=seed)
+        for lr in ("0.01", "0.1")
+        for seed in ("0", "1")
+    ]
+    mixed = [
+        child_run("a", test_accuracy=[0.8], optimizer__lr="0.005", batch_size__size="10"),
+        child_run("b", test_accuracy=[0.9], optimizer__lr="0.0025", batch_size__size="100"),
+    ]
+
+    assert plot_learning_rates(grid) is not None
+    assert plot_learning_rates(mixed) is None
+    assert plot_learning_rates(grid[:2]) is None  # one learning rate, two seeds

@@ -167,11 +167,26 @@ def test_compose_rejects_unknown_key(override):
         compose_config(override)
 
 
+LR_RULE = "optimizer.lr must be > 0 and at most 3.4e38 (float32's largest number)"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["optimizer.lr=0"], "optimizer.lr must be > 0, got 0.0; for example optimizer.lr=0.01"),
-        (["optimizer.lr=-1"], "optimizer.lr must be > 0, got -1.0; for example optimizer.lr=0.01"),
+        (["optimizer.lr=0"], f"{LR_RULE}, got 0.0; for example optimizer.lr=0.01"),
+        (["optimizer.lr=-1"], f"{LR_RULE}, got -1.0; for example optimizer.lr=0.01"),
+        (["optimizer.lr=1e40"], f"{LR_RULE}, got 1e+40; for example optimizer.lr=0.01"),
+        (["+foo=1"], "foo is not a config key (added with +?)"),
+        (["+train.epoch=3"], "train.epoch is not a config key (added with +?); train has epochs"),
+        (
+            ["+optimizer.momentum=0.9"],
+            "optimizer.momentum is not a setting of optimizer=sgd (its settings: lr); "
+            "it belongs to optimizer=momentum or nesterov",
+        ),
+        (
+            ["+schedule.decay_factor=0.5"],
+            "schedule.decay_factor is not a setting of schedule=constant (its settings: none)",
+        ),
         (
             ["batch_size.size=0"],
             "batch_size.size must be >= 1 (or null for full batch), got 0; "

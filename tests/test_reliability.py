@@ -101,6 +101,16 @@ def test_sigterm_kills_the_run_and_resume_reaches_the_uninterrupted_metrics(tmp_
         )
 
 
+def test_resume_without_a_store_here_is_refused_and_creates_none(tmp_path, mnist_dir):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mnist_lr.run", "resume=0123456789abcdef", f"data.dir={mnist_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "there is no MLflow store at sqlite:///" in completed.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_resume_of_a_finished_run_is_refused(tmp_path, mnist_dir):
     assert _run(tmp_path, mnist_dir, "train.epochs=1").returncode == 0
     client, (run,) = _runs(tmp_path)
@@ -144,7 +154,13 @@ def test_unwritable_store_path_is_a_clear_error_before_training(tmp_path, mnist_
         ("sed=3", "Could not override 'sed'"),
         ("optimizer.lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
         ("train.epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
-        ("batch_size=32", "Config group override must be a string or a list. Got int"),
+        (
+            "batch_size=32",
+            "batch_size=32: batch_size is a config group and takes batch_size.size=32",
+        ),
+        ("optimizer=2", "optimizer=2: optimizer is a config group and takes an option name"),
+        ("data.dir=does-not-exist", "data.dir=does-not-exist: the folder"),
+        ("+optimizer.momentum=0.9", "optimizer.momentum is not a setting of optimizer=sgd"),
     ],
 )
 def test_override_pitfalls_fail_before_any_run(tmp_path, override, message):
