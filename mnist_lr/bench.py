@@ -581,7 +581,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"Machine: {machine['cores']} cores, {machine['cpu']}; Python {machine['python']}, "
         f"NumPy {machine['numpy']}, BLAS {blas}; load average at start "
-        f"{machine['load_average'][0]:.2f}. Medians of {report['settings']['repeats']} "
+        f"{machine['load_average'][0]:.2f}, at end {machine['load_average_at_end'][0]:.2f}. "
+        f"Medians of {report['settings']['repeats']} "
         f"repeats{' (--quick: meaningless numbers)' if report['settings']['quick'] else ''}.",
         "",
         f"Floor: streaming copy of the training images {_ms(floor['copy_seconds'])} "
