@@ -605,6 +605,8 @@ def to_markdown(report: dict) -> str:
             f"| {_ms(theirs['seconds']) if theirs else 'skipped'} "
             f"| {_ratio(theirs['torch_over_ours']) if theirs else '-'} |"
         )
+    if "skipped" in report["torch"]:
+        lines += ["", f"PyTorch eager: skipped, {report['torch']['skipped']}."]
     lines += ["", "| measure | value |", "|---|---|"]
     for row in report["reference"]["rows"]:
         lines.append(
