@@ -87,7 +87,7 @@ def loss_and_grads(
     the label positions instead.
     """
     work = Workspace.for_batches(len(labels), params, images.dtype)
-    positions = label_positions(labels, params.bias.shape[0])
+    positions = label_positions(labels)
     loss = loss_and_grads_into(work, params, images, positions, weight_decay, with_loss=True)
     return loss, work.grad_weights, work.grad_bias
 
@@ -97,12 +97,16 @@ class Workspace:
     """Work arrays for ``loss_and_grads_into``, sized for batches of up to ``batch_size``.
 
     A training run allocates one and every step overwrites it, so a step allocates
-    nothing. The gradients have the layout (C or Fortran order) of the parameters.
+    nothing. The scores are kept class-major, ``(n_classes, batch)``: the softmax then
+    reduces over 10 rows of ``batch`` contiguous values, which NumPy vectorises, instead
+    of over ``batch`` rows of 10 (measured: the softmax and both products of a batch of
+    100 take 44 us instead of 54). The gradients have the layout (C or Fortran order) of
+    the parameters.
     """
 
-    scores: np.ndarray  # (batch_size, n_classes)
-    row_max: np.ndarray  # (batch_size, 1)
-    row_sum: np.ndarray  # (batch_size, 1)
+    scores: np.ndarray  # (n_classes, batch_size)
+    row_max: np.ndarray  # (1, batch_size): per sample, over classes
+    row_sum: np.ndarray  # (1, batch_size)
     grad_weights: np.ndarray  # (n_features, n_classes)
     grad_bias: np.ndarray  # (n_classes,)
 
@@ -111,26 +115,23 @@ class Workspace:
         dtype = np.result_type(images_dtype, params.weights.dtype, params.bias.dtype)
         n_classes = params.bias.shape[0]
         return cls(
-            scores=np.empty((batch_size, n_classes), dtype),
-            row_max=np.empty((batch_size, 1), dtype),
-            row_sum=np.empty((batch_size, 1), dtype),
+            scores=np.empty((n_classes, batch_size), dtype),
+            row_max=np.empty((1, batch_size), dtype),
+            row_sum=np.empty((1, batch_size), dtype),
             grad_weights=np.empty_like(params.weights, dtype=dtype),
             grad_bias=np.empty(n_classes, dtype),
         )
 
 
-def label_positions(
-    labels: np.ndarray, n_classes: int, batch_size: int | None = None
-) -> np.ndarray:
-    """Flat index of each sample's label in its batch's ``(batch, n_classes)`` scores.
+def label_positions(labels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Flat index of each sample's label in a ``Workspace``'s class-major scores.
 
     ``labels`` may hold several consecutive batches of ``batch_size`` (default: one batch
-    of all); the positions restart at every batch, so a slice of them serves that batch.
+    of all); the positions restart at every batch, so a slice of them serves that batch
+    (a shorter last batch included: the positions index the whole work array).
     """
-    rows = np.arange(len(labels))
-    if batch_size is not None:
-        rows %= batch_size
-    return rows * n_classes + labels
+    batch_size = len(labels) if batch_size is None else batch_size
+    return labels * batch_size + np.arange(len(labels)) % batch_size
 
 
 def loss_and_grads_into(
@@ -147,27 +148,28 @@ def loss_and_grads_into(
 
     Returns the loss when ``with_loss`` is true, else None: the trainer needs one loss per
     epoch (to detect divergence), and the log and the mean cost a step several operations.
-    The arithmetic is that of ``loss_and_grads`` operation for operation, so both give the
-    same bits.
     """
     n_samples = len(images)
-    scores = work.scores[:n_samples]
-    row_max, row_sum = work.row_max[:n_samples], work.row_sum[:n_samples]
-    flat_scores = scores.reshape(-1)
-    np.matmul(images, _weights_for_rows(params.weights, n_samples), out=scores)
-    scores += params.bias
-    np.maximum.reduce(scores, axis=1, keepdims=True, out=row_max)
+    scores = work.scores[:, :n_samples]
+    row_max, row_sum = work.row_max[:, :n_samples], work.row_sum[:, :n_samples]
+    all_scores = work.scores.reshape(-1)
+    np.matmul(params.weights.T, images.T, out=scores)
+    scores += params.bias[:, None]
+    np.maximum.reduce(scores, axis=0, keepdims=True, out=row_max)
     scores -= row_max
-    label_scores = flat_scores[positions] if with_loss else None
+    label_scores = all_scores[positions] if with_loss else None
     np.exp(scores, out=scores)
-    np.add.reduce(scores, axis=1, keepdims=True, out=row_sum)
-    loss = float(np.mean(np.log(row_sum[:, 0]) - label_scores)) if with_loss else None
+    np.add.reduce(scores, axis=0, keepdims=True, out=row_sum)
+    loss = float(np.mean(np.log(row_sum[0]) - label_scores)) if with_loss else None
 
     scores /= row_sum
-    flat_scores[positions] -= 1.0
+    all_scores[positions] -= 1.0
     scores /= n_samples
-    _matmul_transposed(images, scores, out=work.grad_weights)
-    np.add.reduce(scores, axis=0, out=work.grad_bias)
+    if work.grad_weights.flags.c_contiguous:
+        np.matmul(images.T, scores.T, out=work.grad_weights)
+    else:
+        np.matmul(scores, images, out=work.grad_weights.T)
+    np.add.reduce(scores, axis=1, out=work.grad_bias)
     if weight_decay:
         if with_loss:
             loss += 0.5 * weight_decay * float(np.sum(params.weights * params.weights))
@@ -184,15 +186,6 @@ def _weights_for_rows(weights: np.ndarray, n_rows: int) -> np.ndarray:
     if n_rows >= C_ORDER_FORWARD_ROWS:
         return np.ascontiguousarray(weights)
     return weights
-
-
-def _matmul_transposed(images: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
-    """``out = images.T @ delta``, written as ``(delta.T @ images).T`` when ``out`` is
-    Fortran-ordered so BLAS writes straight into it."""
-    if out.flags.c_contiguous:
-        np.matmul(images.T, delta, out=out)
-    else:
-        np.matmul(delta.T, images, out=out.T)
 
 
 def predict(params: Params, images: np.ndarray) -> np.ndarray:

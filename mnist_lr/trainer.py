@@ -157,9 +157,8 @@ def train_epoch(
 ) -> float:
     """One pass over the data in the order given (None: as they are); returns the last
     batch's loss."""
-    n_classes = params.bias.shape[0]
     shuffled_labels = labels if order is None else labels.take(order)
-    positions = label_positions(shuffled_labels, n_classes, batch_size)
+    positions = label_positions(shuffled_labels, batch_size)
     grads = (work.grad_weights, work.grad_bias)
     n_samples = len(labels)
     loss = 0.0
