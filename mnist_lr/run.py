@@ -113,6 +113,7 @@ def train(
             weight_decay=cfg.train.weight_decay,
             state=state,
             on_epoch=record_epoch,
+            on_progress=progress_bar(cfg.train.epochs),
         )
         summary = summarize(history)
         run.log_metrics(summary, step=cfg.train.epochs)
@@ -181,6 +182,29 @@ def config_key(cfg: DictConfig) -> str:
 
 def dataset_sizes(eval_sets: dict) -> dict[str, int]:
     return {f"dataset.n_{split}": len(labels) for split, (_, labels) in eval_sets.items()}
+
+
+def progress_bar(epochs: int, stream=None):
+    """``on_progress`` drawing a bar over each epoch's samples on a terminal; None (no
+    bar, nothing to call) when the output is a log, a pipe or CI."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(epoch: int, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False,
+                       file=stream)  # fmt: skip
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+            bar = None
+
+    return update
 
 
 @contextlib.contextmanager
@@ -480,7 +504,9 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow sets its own loggers' level from this when it is first imported.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         main()
     except KeyboardInterrupt:

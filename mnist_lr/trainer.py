@@ -56,6 +56,7 @@ class EpochResult:
 
 EvalSets = dict[str, tuple[np.ndarray, np.ndarray]]
 EpochCallback = Callable[[EpochResult, TrainState], None]
+ProgressCallback = Callable[[int, int, int], None]  # epoch, samples done, samples in all
 
 
 def iterate_batches(n_samples: int, batch_size: int):
@@ -154,9 +155,10 @@ def train_epoch(
     epoch: int,
     gatherer: RowGatherer,
     work: Workspace,
+    on_progress: ProgressCallback | None = None,
 ) -> float:
     """One pass over the data in the order given (None: as they are); returns the last
-    batch's loss."""
+    batch's loss. ``on_progress(epoch, samples_done, n_samples)`` follows each chunk."""
     shuffled_labels = labels if order is None else labels.take(order)
     positions = label_positions(shuffled_labels, batch_size)
     grads = (work.grad_weights, work.grad_bias)
@@ -174,6 +176,8 @@ def train_epoch(
                 with_loss=chunk_start + stop == n_samples,
             )
             optimizer.update(params, grads, optimizer_state, learning_rate)
+        if on_progress is not None:
+            on_progress(epoch, chunk_start + len(rows), n_samples)
     _check_finite(params, loss, epoch, learning_rate)
     return loss
 
@@ -202,6 +206,7 @@ def fit(
     weight_decay: float = 0.0,
     state: TrainState | None = None,
     on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> list[EpochResult]:
     """Train for ``epochs`` epochs (counting those already in ``state``).
 
@@ -240,10 +245,12 @@ def fit(
                 # gradient's sum, and a shuffled copy of the set costs ~40% of the step.
                 # The permutation is still drawn, so the random stream is the same.
                 order = None
-            with blas_threads(threads):
+            # A diverging run overflows before the epoch's check reports it: no warnings.
+            with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
                 train_epoch(
                     state.params, labels, order, batch_size, optimizer,
                     state.optimizer_state, learning_rate, weight_decay, epoch, gatherer, work,
+                    on_progress,
                 )  # fmt: skip
             epoch_seconds = time.perf_counter() - started
 
