@@ -395,11 +395,11 @@ def test_sweep_started_at_once_get_their_own_folders(tmp_path, mnist_dir):
 
 @pytest.fixture(scope="module")
 def parallel_sweep(tmp_path_factory, mnist_dir) -> Sweep:
-    """Eight short jobs, four at a time, on a store that does not exist yet: four configs
-    by two seeds."""
+    """Sixteen short jobs, four at a time, on a store that does not exist yet: four
+    configs by four seeds (the load issue 4 names)."""
     folder = tmp_path_factory.mktemp("parallel")
     assert not (folder / "mlflow.db").exists()
-    overrides = ("optimizer.lr=0.01,0.03,0.1,0.3", "seed=0,1")
+    overrides = ("optimizer.lr=0.01,0.03,0.1,0.3", "seed=0,1,2,3")
     return run_sweep(
         folder, mnist_dir, "-m", *overrides, *QUICK, *PARALLEL, "hydra.launcher.n_jobs=4"
     )
@@ -412,12 +412,12 @@ def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
     assert sweep.returncode == 0, sweep.output
     for race in STORE_RACES:
         assert race not in sweep.output
-    assert len(sweep.children) == 8
+    assert len(sweep.children) == 16
     assert {run.info.status for run in sweep.children} == {"FINISHED"}
     configurations = {
         (run.data.params["optimizer.lr"], run.data.params["seed"]) for run in sweep.children
     }
-    assert len(configurations) == 8
+    assert len(configurations) == 16
     for run in sweep.children:
         assert set(run.data.metrics) >= EPOCH_METRICS, run.info.run_name
         for key in EPOCH_METRICS:
@@ -425,7 +425,7 @@ def test_sweep_with_four_workers_loses_no_run_or_metric(parallel_sweep):
         assert {"best/test_accuracy", "best/val_accuracy", "train_seconds"} <= set(
             run.data.metrics
         )
-    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 8
+    assert sweep.parent.data.metrics["sweep/jobs_finished"] == 16
     assert_no_nonfinite_metric(sweep)
 
 
