@@ -248,7 +248,7 @@ def _unknown_keys(cfg: DictConfig) -> list[str]:
         f"{key} is not a config key (added with +?); check the spelling, "
         "python -m mnist_lr.run --help lists every key"
         for key in cfg
-        if key not in Config.__dataclass_fields__
+        if key not in Config.__dataclass_fields__ and key != "hydra"  # Hydra's own, if kept
     ]
     sections = {f.name: f.default_factory for f in fields(Config) if callable(f.default_factory)}
     sections["reference"] = ReferenceConfig
