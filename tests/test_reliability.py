@@ -39,6 +39,23 @@ def _run(tmp_path, mnist_dir, *overrides, timeout=300):
     return completed
 
 
+def _terminate_when(command: list[str], cwd: Path, ready) -> tuple[int, str]:
+    """Run ``command``, send SIGTERM once ``ready(output so far)`` holds; the exit code and
+    the whole output."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = ""
+    for line in process.stdout:
+        output += line
+        if ready(output):
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            break
+    output += process.communicate(timeout=120)[0]
+    return process.returncode, output
+
+
 def _runs(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist-lr")
@@ -66,22 +83,10 @@ def test_sigterm_kills_the_run_and_resume_reaches_the_uninterrupted_metrics(tmp_
     overrides = ("train.epochs=5", "batch_size=bs10", "optimizer=momentum", "optimizer.lr=0.001")
     assert _run(tmp_path, mnist_dir, *overrides).returncode == 0
 
-    process = subprocess.Popen(
-        _command(tmp_path, mnist_dir, *overrides),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    returncode, output = _terminate_when(
+        _command(tmp_path, mnist_dir, *overrides), tmp_path, lambda seen: "epoch=2/5" in seen
     )
-    output = ""
-    for line in process.stdout:  # interrupt once two epochs are done
-        output += line
-        if "epoch=2/5" in line:
-            time.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
-            break
-    output += process.communicate(timeout=120)[0]
-    assert process.returncode != 0, output
+    assert returncode != 0, output
 
     client, runs = _runs(tmp_path)
     killed = next(r for r in runs if r.info.status != "FINISHED")
@@ -193,23 +198,14 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_and_resumes_the_rest(tmp_p
         "train.epochs=4",
         "batch_size=bs10",
     )
-    process = subprocess.Popen(
-        _command(tmp_path, mnist_dir, *overrides),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+
+    def in_second_job_after_two_epochs(seen: str) -> bool:
+        return "#1 :" in seen and "epoch=2/4" in seen.split("#1 :", 1)[1]
+
+    returncode, output = _terminate_when(
+        _command(tmp_path, mnist_dir, *overrides), tmp_path, in_second_job_after_two_epochs
     )
-    output, in_second_job = "", False
-    for line in process.stdout:  # interrupt the second job after two of its epochs
-        output += line
-        in_second_job = in_second_job or "#1 :" in line
-        if in_second_job and "epoch=2/4" in line:
-            time.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
-            break
-    output += process.communicate(timeout=120)[0]
-    assert process.returncode != 0, output
+    assert returncode != 0, output
     client, runs = _runs(tmp_path)
     statuses = sorted(r.info.status for r in runs)
     assert statuses == ["FINISHED", "KILLED", "KILLED"], output  # job 0, job 1, the parent
