@@ -175,7 +175,7 @@ def config_key(cfg: DictConfig) -> str:
     config["tracking"].pop("run_name", None)
     config.pop("resume", None)
     config.pop("restart", None)
-    commit = tracking.reproducibility_tags(SOURCE_DIR, {}).get("mlflow.source.git.commit", "")
+    commit = tracking.git_commit(SOURCE_DIR) or ""
     text = json.dumps([config, commit, sorted(MNIST_SHA256.items())], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -184,11 +184,16 @@ def reproducibility_tags(source_dir: Path, data_sha256: Mapping[str, str]) -> di
     """Git commit and dirtiness of the code, library versions and the data checksums."""
     tags = {f"version.{package}": version(package) for package in TRACKED_PACKAGES}
     tags |= {f"data.sha256.{name}": digest for name, digest in data_sha256.items()}
-    commit = _git(source_dir, "rev-parse", "HEAD")
+    commit = git_commit(source_dir)
     if commit is not None:
         tags["mlflow.source.git.commit"] = commit
         tags["git.dirty"] = str(bool(_git(source_dir, "status", "--porcelain")))
     return tags
+
+
+def git_commit(source_dir: Path) -> str | None:
+    """The code's commit, or None outside a repository."""
+    return _git(source_dir, "rev-parse", "HEAD")
 
 
 def git_diff(source_dir: Path) -> str | None:
